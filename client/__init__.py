@@ -1,0 +1,1 @@
+"""Site agent: gRPC client, policy guard, local trainer, data loaders."""

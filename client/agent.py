@@ -1,0 +1,300 @@
+"""The site agent: connects to the coordinator, checks each job, trains locally, answers.
+
+The agent is a gRPC *client*: it long-polls ``PollTask`` and answers the task it gets. It
+never accepts connections and never runs code it receives. Connection loss (a coordinator
+restart, a network cut) is handled by reconnecting with exponential backoff and
+re-authenticating with a fresh challenge; a round the agent missed is simply a dropout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedtune import models
+from fedtune.client import trainer
+from fedtune.client.data import DataError, SiteData, load_site_data, train_eval_split
+from fedtune.client.policy_guard import refusal_reason
+from fedtune.job import JobConfig, ModelConfig, job_digest, job_from_proto
+from fedtune.logs import log_event
+from fedtune.policy import PolicyConfig
+from fedtune.privacy.signatures import auth_statement, sign
+from fedtune.proto import fedtune_pb2 as pb
+from fedtune.proto import fedtune_pb2_grpc as pb_grpc
+from fedtune.tensor_codec import CHUNK_BYTES, TensorError, assemble, spec_for, to_bytes
+from fedtune.transport import open_channel
+
+log = logging.getLogger("fedtune.site")
+
+SESSION_METADATA = "fedtune-session"
+#: Deadline of a unary call; streams get one proportional to their size.
+CALL_TIMEOUT_S = 30.0
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+             grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.CANCELLED}
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca_cert: Path
+    cert: Path | None = None  # with key: mutual TLS
+    key: Path | None = None
+
+
+@dataclass
+class SiteAgentConfig:
+    coordinator: str
+    site_id: str
+    identity: Ed25519PrivateKey
+    data_path: Path
+    policy: PolicyConfig
+    tls: TLSFiles | None = None
+    poll_wait_ms: int = 5_000
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+    #: give up after this long without reaching the coordinator (None: never)
+    give_up_after_s: float | None = None
+
+
+@dataclass
+class _Accepted:
+    offer: pb.Offer
+    job: JobConfig
+
+
+@dataclass
+class SiteOutcome:
+    finished: bool
+    final_metrics: pb.AggregateMetrics | None = None
+    rounds_contributed: int = 0
+    refusals: list[str] = field(default_factory=list)
+
+
+class SiteAgent:
+    def __init__(self, config: SiteAgentConfig) -> None:
+        self.config = config
+        self._stop = threading.Event()
+        self._channel: grpc.Channel | None = None
+        self._stub: pb_grpc.CoordinatorStub | None = None
+        self._token: bytes | None = None
+        self._run_id = ""
+        self._accepted: dict[tuple[str, int], _Accepted] = {}
+        self._data_cache: dict[ModelConfig, tuple[SiteData, SiteData]] = {}
+        self.outcome = SiteOutcome(finished=False)
+
+    # ------------------------------------------------------------------ connection
+
+    def _open_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        tls = self.config.tls
+        if tls is None:
+            self._channel = open_channel(self.config.coordinator, insecure=True)
+        else:
+            self._channel = open_channel(self.config.coordinator, insecure=False,
+                                         ca_cert=tls.ca_cert, tls_cert=tls.cert, tls_key=tls.key)
+        self._stub = pb_grpc.CoordinatorStub(self._channel)
+
+    def _authenticate(self) -> None:
+        assert self._stub is not None
+        site = self.config.site_id
+        challenge = self._stub.Hello(pb.HelloRequest(site_id=site), timeout=CALL_TIMEOUT_S)
+        signature = sign(self.config.identity, auth_statement(challenge.run_id, site, challenge.nonce))
+        session = self._stub.Authenticate(
+            pb.AuthenticateRequest(site_id=site, nonce=challenge.nonce, signature=signature),
+            timeout=CALL_TIMEOUT_S)
+        self._token, self._run_id = session.token, session.run_id
+        log_event(log, "authenticated", run=self._run_id, site=site,
+                  coordinator=self.config.coordinator)
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        return [(SESSION_METADATA, (self._token or b"").hex())]
+
+    def _connect_with_backoff(self) -> bool:
+        """(Re)connect and authenticate; False when stopped or out of patience."""
+        delay = self.config.backoff_initial_s
+        started = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._open_channel()
+                self._authenticate()
+                return True
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) \
+                        and "not enrolled" in (exc.details() or ""):
+                    raise  # no amount of retrying enrols this site
+                log_event(log, "connect_failed", logging.WARNING, site=self.config.site_id,
+                          code=code.name, details=exc.details(), retry_in_s=round(delay, 2))
+            give_up = self.config.give_up_after_s
+            if give_up is not None and time.monotonic() - started > give_up:
+                return False
+            # full jitter (AWS architecture blog, "Exponential Backoff and Jitter")
+            self._stop.wait(random.uniform(0.5, 1.0) * delay)
+            delay = min(delay * 2, self.config.backoff_max_s)
+        return False
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> SiteOutcome:
+        if not self._connect_with_backoff():
+            return self.outcome
+        while not self._stop.is_set():
+            try:
+                assert self._stub is not None
+                wait_ms = self.config.poll_wait_ms
+                task = self._stub.PollTask(pb.PollRequest(wait_ms=wait_ms),
+                                           metadata=self._metadata(),
+                                           timeout=wait_ms / 1000.0 + CALL_TIMEOUT_S)
+                if self._handle(task):
+                    break
+            except grpc.RpcError as exc:
+                if exc.code() in RETRYABLE:
+                    log_event(log, "connection_lost", logging.WARNING, site=self.config.site_id,
+                              code=exc.code().name, details=exc.details())
+                    if not self._connect_with_backoff():
+                        break
+                else:
+                    log_event(log, "request_refused", logging.WARNING, site=self.config.site_id,
+                              code=exc.code().name, details=exc.details())
+                    self._stop.wait(0.5)
+        if self._channel is not None:
+            self._channel.close()
+        return self.outcome
+
+    def _handle(self, task: pb.Task) -> bool:
+        """Handle one task; True when the run is finished."""
+        kind = task.WhichOneof("kind")
+        if kind == "offer":
+            self._on_offer(task.offer)
+        elif kind == "submit_input":
+            self._on_submit_input(task.submit_input)
+        elif kind == "round_result":
+            r = task.round_result
+            self._accepted.pop((r.ref.run_id, r.ref.round), None)
+            log_event(log, "round_result", run=r.ref.run_id, round=r.ref.round,
+                      site=self.config.site_id, aborted=r.aborted, reason=r.abort_reason,
+                      contributors=list(r.contributors),
+                      eval_accuracy=round(r.metrics.eval_accuracy, 4))
+        elif kind == "finished":
+            self.outcome.finished = True
+            self.outcome.final_metrics = task.finished.final_metrics
+            log_event(log, "run_finished", run=task.finished.run_id, site=self.config.site_id,
+                      rounds=task.finished.rounds_completed,
+                      eval_accuracy=round(task.finished.final_metrics.eval_accuracy, 4))
+            return True
+        elif kind in ("share_keys", "unmask"):
+            log_event(log, "unsupported_task", logging.WARNING, site=self.config.site_id, task=kind)
+        return False
+
+    # ------------------------------------------------------------------ offer
+
+    def _site_data(self, model: ModelConfig, job: JobConfig) -> tuple[SiteData, SiteData]:
+        key = model
+        if key not in self._data_cache:
+            data = load_site_data(self.config.data_path, model)
+            self._data_cache[key] = train_eval_split(data, job.training.eval_fraction,
+                                                     job.training.seed)
+        return self._data_cache[key]
+
+    def _on_offer(self, offer: pb.Offer) -> None:
+        ref = offer.ref
+        job = job_from_proto(offer.job)
+        reason = None
+        if job_digest(offer.job) != offer.job_digest:
+            reason = "the job digest does not match the job"
+        elif ref.run_id != self._run_id:
+            reason = f"offer for run {ref.run_id!r}, this session is for run {self._run_id!r}"
+        else:
+            reason = refusal_reason(job, self.config.policy)
+        if reason is None:
+            try:
+                models.build_model(job.model)
+                self._site_data(job.model, job)
+            except (DataError, models.ModelError) as exc:
+                reason = f"local data does not fit the job: {exc}"
+        accept = reason is None
+        assert self._stub is not None
+        self._stub.RespondOffer(pb.OfferResponse(ref=ref, accept=accept, refusal_reason=reason or ""),
+                                metadata=self._metadata(), timeout=CALL_TIMEOUT_S)
+        if accept:
+            self._accepted[(ref.run_id, ref.round)] = _Accepted(offer, job)
+        else:
+            self.outcome.refusals.append(reason or "")
+        log_event(log, "offer_answered", run=ref.run_id, round=ref.round, site=self.config.site_id,
+                  phase="offer", accepted=accept, reason=reason or "")
+
+    # ------------------------------------------------------------------ input
+
+    def _on_submit_input(self, task: pb.SubmitInputTask) -> None:
+        ref = task.ref
+        accepted = self._accepted.get((ref.run_id, ref.round))
+        if accepted is None:
+            log_event(log, "unexpected_task", logging.WARNING, run=ref.run_id, round=ref.round,
+                      site=self.config.site_id, task="submit_input")
+            return
+        offer, job = accepted.offer, accepted.job
+        assert self._stub is not None
+        chunks = self._stub.GetParameters(pb.ParametersRequest(ref=ref, chunk_bytes=CHUNK_BYTES),
+                                          metadata=self._metadata(),
+                                          timeout=CALL_TIMEOUT_S + offer.parameters.nbytes / 5e6)
+        try:
+            global_params = assemble(chunks, expected=offer.parameters)
+        except TensorError as exc:
+            log_event(log, "bad_parameters", logging.ERROR, run=ref.run_id, round=ref.round,
+                      site=self.config.site_id, reason=str(exc))
+            return
+        vector, metrics = self.compute_input(job, global_params, offer.evaluate_only, ref.round)
+        if list(vector.shape) != list(task.expected.shape):
+            log_event(log, "input_shape_mismatch", logging.ERROR, run=ref.run_id, round=ref.round,
+                      site=self.config.site_id)
+            return
+        self._stub.SubmitInput(self._input_stream(ref, vector, metrics), metadata=self._metadata(),
+                               timeout=CALL_TIMEOUT_S + vector.nbytes / 5e6)
+        self.outcome.rounds_contributed += 0 if offer.evaluate_only else 1
+        log_event(log, "input_sent", run=ref.run_id, round=ref.round, site=self.config.site_id,
+                  phase="masked_input", bytes=int(vector.nbytes),
+                  eval_accuracy=round(metrics.eval_correct / max(metrics.eval_count, 1), 4))
+
+    def compute_input(self, job: JobConfig, global_params: np.ndarray, evaluate_only: bool,
+                      round_id: int) -> tuple[np.ndarray, pb.PlainMetrics]:
+        """Evaluate the global model, train locally, and return (w·Δ, metrics)."""
+        train_data, eval_data = self._site_data(job.model, job)
+        model = models.build_model(job.model)
+        models.set_flat(model, global_params)
+        evaluation = trainer.evaluate(model, eval_data)
+        cap = job.training.max_examples
+        if evaluate_only:
+            return np.zeros(0, dtype=np.float32), pb.PlainMetrics(
+                eval_loss_sum=evaluation.loss_sum, eval_correct=min(evaluation.correct, cap),
+                eval_count=min(evaluation.count, cap))
+        seed = int.from_bytes(hashlib.sha256(
+            f"{job.training.seed}/{round_id}/{self.config.site_id}".encode()).digest()[:8], "big")
+        result = trainer.train(model, train_data, job.training, seed)
+        delta = models.get_flat(model).astype(np.float64) - global_params.astype(np.float64)
+        weight = float(min(len(train_data), cap)) if job.training.weighting == "examples" else 1.0
+        metrics = pb.PlainMetrics(
+            train_loss_sum=result.loss_sum, eval_loss_sum=evaluation.loss_sum,
+            eval_correct=min(evaluation.correct, cap), eval_count=min(evaluation.count, cap),
+            train_count=min(result.count, cap), weight=weight)
+        return (weight * delta).astype(np.float32), metrics
+
+    @staticmethod
+    def _input_stream(ref: pb.RoundRef, vector: np.ndarray,
+                      metrics: pb.PlainMetrics) -> Iterator[pb.InputChunk]:
+        yield pb.InputChunk(header=pb.InputHeader(ref=ref, vector=spec_for(vector), metrics=metrics))
+        data = to_bytes(vector)
+        for start in range(0, len(data), CHUNK_BYTES):
+            yield pb.InputChunk(data=data[start:start + CHUNK_BYTES])

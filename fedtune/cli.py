@@ -1,0 +1,307 @@
+"""``fedtune`` command line: the only place in fedtune that prints.
+
+    fedtune server  --federation federation.toml [--insecure]    run a coordinator
+    fedtune site    --coordinator HOST:PORT --site-id ID --identity KEY --data PATH --policy P
+    fedtune keys    site|tls ...                                  identity keys, dev TLS
+    fedtune data    split ...                                     per-site files from bundled data
+    fedtune status  --coordinator HOST:PORT                       a running federation
+    fedtune demo                                                  everything above, on one machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user error: printed as ``fedtune: error: ...`` with exit code 2, never a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedtune", description=(
+        "Privacy-preserving federated fine-tuning: a coordinator and site agents over gRPC."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("server", help="run the coordinator of a federation",
+                       description="Run the coordinator: admit the enrolled sites, run the job's "
+                                   "rounds, checkpoint after each; restarted on the same run "
+                                   "directory, it resumes.")
+    s.add_argument("--federation", required=True, type=Path, help="federation TOML file")
+    s.add_argument("--host", help="listen address (default: coordinator.host of the file)")
+    s.add_argument("--port", type=int, help="listen port, 0 for any free one (default: file)")
+    s.add_argument("--run-dir", type=Path, help="run directory (default: federation.run_dir)")
+    s.add_argument("--insecure", action="store_true",
+                   help="serve without TLS (allowed on a loopback address only)")
+    s.add_argument("--log-file", type=Path, help="JSON-lines log (default: RUN_DIR/coordinator.log)")
+    s.add_argument("--linger", type=float, default=15.0,
+                   help="seconds to keep serving after the run so sites hear it ended (default 15)")
+
+    a = sub.add_parser("site", help="run a site agent",
+                       description="Run a site agent: connect to the coordinator, check every job "
+                                   "against the local policy, train on local data, answer.")
+    a.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    a.add_argument("--site-id", required=True)
+    a.add_argument("--identity", required=True, type=Path, help="Ed25519 key (fedtune keys site)")
+    a.add_argument("--data", required=True, type=Path, help="local data file (CSV or NPZ)")
+    a.add_argument("--policy", required=True, type=Path, help="site policy TOML file")
+    a.add_argument("--ca-cert", type=Path, help="CA certificate that signed the coordinator's")
+    a.add_argument("--tls-cert", type=Path, help="site certificate, for mutual TLS")
+    a.add_argument("--tls-key", type=Path, help="site TLS key, for mutual TLS")
+    a.add_argument("--insecure", action="store_true",
+                   help="connect without TLS (allowed to a loopback coordinator only)")
+    a.add_argument("--log-file", type=Path, help="also write the JSON-lines log here")
+    a.add_argument("--give-up-after", type=float, default=None, metavar="SECONDS",
+                   help="stop when the coordinator is unreachable this long (default: never)")
+
+    k = sub.add_parser("keys", help="generate identity keys and development TLS certificates")
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="KIND")
+    ks = ksub.add_parser("site", help="a site's Ed25519 identity key pair")
+    ks.add_argument("--site-id", required=True)
+    ks.add_argument("--out", required=True, type=Path, help="folder for SITE.key and SITE.pub")
+    ks.add_argument("--force", action="store_true", help="replace an existing key")
+    kt = ksub.add_parser("tls", help="a development CA, server and client certificates")
+    kt.add_argument("--out", required=True, type=Path)
+    kt.add_argument("--hosts", default="127.0.0.1,localhost",
+                    help="comma-separated names/IPs of the coordinator (default: loopback)")
+    kt.add_argument("--clients", default="", help="comma-separated site ids for mutual TLS")
+
+    d = sub.add_parser("data", help="prepare per-site data files from bundled data sets")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    ds = dsub.add_parser("split", help="split a bundled data set into per-site files")
+    ds.add_argument("--dataset", required=True,
+                    choices=("lung", "breast-cancer", "digits", "mnist5k"))
+    ds.add_argument("--sites", type=int, default=3)
+    ds.add_argument("--partition", default="iid", choices=("iid", "dirichlet", "institution"),
+                    help="iid, dirichlet (label skew) or institution (lung: by its inst column)")
+    ds.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--out", required=True, type=Path)
+
+    t = sub.add_parser("status", help="show a running federation")
+    t.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    t.add_argument("--ca-cert", type=Path)
+    t.add_argument("--tls-cert", type=Path)
+    t.add_argument("--tls-key", type=Path)
+    t.add_argument("--insecure", action="store_true")
+    t.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    m = sub.add_parser("demo", help="coordinator + 3 site processes on bundled data, end to end",
+                       description="Start a coordinator and three site agents as separate "
+                                   "processes over loopback gRPC on scikit-learn's digits, train "
+                                   "a small CNN for a few rounds, print the final accuracy.")
+    m.add_argument("--dir", type=Path, default=Path("fedtune-demo"),
+                   help="parent folder of the demo's run folder (default ./fedtune-demo)")
+    m.add_argument("--rounds", type=int, default=5)
+    m.add_argument("--sites", type=int, default=3)
+    m.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "lung"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        handler = {
+            "server": _server, "site": _site, "keys": _keys, "data": _data,
+            "status": _status, "demo": _demo,
+        }[args.command]
+        return handler(args)
+    except CLIError as exc:
+        print(f"fedtune: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _user_errors():
+    from fedtune.client.data import DataError
+    from fedtune.identity import KeyFileError
+    from fedtune.models import ModelError
+    from fedtune.toml_fields import ConfigError
+    return (ConfigError, KeyFileError, DataError, ModelError)
+
+
+def _split_host(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise CLIError(f"--coordinator {address!r}: expected HOST:PORT")
+    return host.strip("[]")
+
+
+# ---------------------------------------------------------------------------- server
+
+def _server(args: argparse.Namespace) -> int:
+    from fedtune import logs
+    from fedtune.federation import load_federation
+    from fedtune.server.app import InsecureNotAllowed, start
+
+    try:
+        config = load_federation(args.federation)
+    except _user_errors() as exc:
+        raise CLIError(str(exc)) from None
+    run_dir = args.run_dir or config.run_dir
+    logs.configure(args.log_file or run_dir / "coordinator.log")
+    try:
+        running = start(config, host=args.host, port=args.port, insecure=args.insecure,
+                        run_dir=run_dir)
+    except (InsecureNotAllowed, ValueError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+    host = args.host or config.host
+    print(f"fedtune coordinator: run {running.coordinator.run_id} listening on "
+          f"{host}:{running.port}, run directory {run_dir}", flush=True)
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        running.coordinator.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not running.wait(0.5):
+        pass
+    c = running.coordinator
+    stopped_early = not c.finished
+    if c.finished:
+        # keep answering for a while so that every connected site learns the run has ended
+        deadline = time.time() + args.linger
+        while time.time() < deadline and not set(c.connected_sites()) <= c.told_finished:
+            time.sleep(0.2)
+    running.stop()
+    if c.failure:
+        print(f"fedtune coordinator: run failed: {c.failure}", file=sys.stderr)
+        return 1
+    if stopped_early:
+        print(f"fedtune coordinator: stopped after {c.completed_rounds} of {c.job.rounds} rounds; "
+              "restart with the same run directory to resume", file=sys.stderr)
+        return 0
+    m = c.final_metrics
+    acc = f", final accuracy {m.eval_accuracy:.3f} on {int(m.eval_count)} held-out examples" if m else ""
+    print(f"fedtune coordinator: run {c.run_id} finished {c.completed_rounds} rounds{acc}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- site
+
+def _site(args: argparse.Namespace) -> int:
+    from fedtune import logs
+    from fedtune.client.agent import SiteAgent, SiteAgentConfig, TLSFiles
+    from fedtune.identity import load_identity
+    from fedtune.policy import load_policy
+    from fedtune.transport import is_loopback
+
+    host = _split_host(args.coordinator)
+    if args.insecure and not is_loopback(host):
+        raise CLIError(f"--insecure is allowed only for a loopback coordinator, not {host!r}")
+    if not args.insecure and args.ca_cert is None:
+        raise CLIError("pass --ca-cert (TLS) or --insecure (loopback only)")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CLIError("--tls-cert and --tls-key go together (mutual TLS)")
+    try:
+        identity = load_identity(args.identity)
+        policy = load_policy(args.policy)
+    except _user_errors() as exc:
+        raise CLIError(str(exc)) from None
+    if not args.data.is_file():
+        raise CLIError(f"{args.data}: data file not found")
+    tls = None if args.insecure else TLSFiles(args.ca_cert, args.tls_cert, args.tls_key)
+    logs.configure(args.log_file)
+    agent = SiteAgent(SiteAgentConfig(
+        coordinator=args.coordinator, site_id=args.site_id, identity=identity,
+        data_path=args.data, policy=policy, tls=tls, give_up_after_s=args.give_up_after))
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    import grpc
+    try:
+        outcome = agent.run()
+    except grpc.RpcError as exc:
+        raise CLIError(f"coordinator {args.coordinator}: {exc.details()}") from None
+    if outcome.finished:
+        m = outcome.final_metrics
+        print(f"fedtune site {args.site_id}: run finished; contributed to "
+              f"{outcome.rounds_contributed} rounds; final accuracy "
+              f"{m.eval_accuracy if m else 0:.3f}")
+        return 0
+    print(f"fedtune site {args.site_id}: stopped before the run finished", file=sys.stderr)
+    return 1
+
+
+# ---------------------------------------------------------------------------- keys, data
+
+def _keys(args: argparse.Namespace) -> int:
+    from fedtune.federation import valid_site_id
+    from fedtune.identity import KeyFileError, write_dev_tls, write_identity
+
+    if args.keys_command == "site":
+        if not valid_site_id(args.site_id):
+            raise CLIError(f"--site-id {args.site_id!r}: use letters, digits, '.', '_' or '-'")
+        try:
+            key, pub = write_identity(args.out, args.site_id, force=args.force)
+        except KeyFileError as exc:
+            raise CLIError(str(exc)) from None
+        print(f"wrote {key} (private, keep it on the site) and {pub}")
+        print(f"enrol it in the federation file:\n\n[[sites]]\nid = \"{args.site_id}\"\n"
+              f"public_key = \"{pub.read_text().strip()}\"")
+        return 0
+    hosts = [h for h in args.hosts.split(",") if h]
+    clients = [c for c in args.clients.split(",") if c]
+    for path in write_dev_tls(args.out, hosts, clients):
+        print(f"wrote {path}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from fedtune.datasets import write_split
+
+    try:
+        manifest = write_split(args.dataset, args.sites, args.partition, args.alpha, args.seed,
+                               args.out)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    for site in manifest["sites"]:
+        print(f"{args.out / site['file']}: {site['rows']} rows, labels {site['label_counts']}")
+    print(f"wrote {args.out / 'manifest.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- status
+
+def _status(args: argparse.Namespace) -> int:
+    import grpc
+
+    from fedtune.status import fetch_status, render_status
+
+    try:
+        status = fetch_status(args.coordinator, insecure=args.insecure, ca_cert=args.ca_cert,
+                              tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except grpc.RpcError as exc:
+        raise CLIError(f"coordinator {args.coordinator}: {exc.code().name}: {exc.details()}") from None
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        from google.protobuf.json_format import MessageToDict
+        print(json.dumps(MessageToDict(status, preserving_proto_field_name=True), indent=2))
+    else:
+        print(render_status(status))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fedtune.demo import run_demo
+
+    logging.getLogger("fedtune").setLevel(logging.WARNING)
+    if args.rounds < 1 or args.sites < 2:
+        raise CLIError("--rounds must be >= 1 and --sites >= 2")
+    return run_demo(args.dir, rounds=args.rounds, n_sites=args.sites, dataset=args.dataset)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

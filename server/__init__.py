@@ -1,0 +1,1 @@
+"""Coordinator: gRPC servicer, round state machine, aggregation, server optimisers, checkpoints."""

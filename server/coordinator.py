@@ -1,0 +1,470 @@
+"""The coordinator: authenticates sites, runs rounds, aggregates, checkpoints.
+
+This is the logic behind the gRPC servicer (:mod:`fedtune.server.servicer`), callable without
+a network. One thread runs :meth:`Coordinator.run`, moving each round through its phases;
+the servicer's threads call the request methods (``hello``, ``poll``, ``submit_input``, ...),
+which validate everything and raise :class:`ProtocolError` on anything they refuse. Shared
+state is guarded by one condition variable; the run loop sleeps on it until the phase is
+complete or its deadline passes.
+
+Nothing a peer sends can corrupt the state: a message is fully validated before it touches
+the round, and only the run loop changes the global model and writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedtune import models
+from fedtune.federation import FederationConfig
+from fedtune.job import job_digest, job_to_proto
+from fedtune.logs import log_event
+from fedtune.privacy.signatures import SignatureError, auth_statement, public_key_from_raw, verify
+from fedtune.proto import fedtune_pb2 as pb
+from fedtune.server import checkpoint as ckpt
+from fedtune.server.aggregation import WeightedSum
+from fedtune.server.errors import ProtocolError, invalid, precondition, unauthenticated
+from fedtune.server.optimisers import ServerOptimizer
+from fedtune.server.round_state import RoundState, SiteInput
+from fedtune.tensor_codec import spec_for
+
+log = logging.getLogger("fedtune.server")
+
+CHALLENGE_TTL_S = 60
+SESSION_TTL_S = 24 * 3600
+#: A site with no call in flight and none for this long is not "connected".
+LIVENESS_S = 10.0
+#: The run stops (failed) after this many rounds in a row released nothing.
+MAX_CONSECUTIVE_ABORTS = 5
+
+
+@dataclass
+class _SiteSession:
+    site_id: str
+    expires: float
+
+
+@dataclass
+class _SiteLiveness:
+    in_flight: int = 0
+    last_seen: float = 0.0
+    last_refusal: str = ""
+
+
+class Coordinator:
+    """Round state machine and request handling for one run (one job)."""
+
+    def __init__(self, config: FederationConfig, run_dir: Path | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.job = config.job
+        self.run_dir = run_dir or config.run_dir
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._keys = {s.id: public_key_from_raw(s.public_key) for s in config.sites}
+        self._challenges: dict[bytes, tuple[str, float]] = {}
+        self._sessions: dict[bytes, _SiteSession] = {}
+        self._liveness: dict[str, _SiteLiveness] = {s.id: _SiteLiveness() for s in config.sites}
+        self._pending_results: dict[str, pb.RoundResult] = {}
+        self._round: RoundState | None = None
+        self._round_seed = b""
+        #: sites told that the run is finished (the CLI lingers until all have heard it).
+        self.told_finished: set[str] = set()
+        self.finished = False
+        self.failure = ""
+        self.history: list[pb.RoundSummary] = []
+        self.final_metrics: pb.AggregateMetrics | None = None
+
+        self.job_proto = job_to_proto(self.job)
+        self.job_digest = job_digest(self.job_proto)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = self._load_run_id()
+        self.params = models.initial_parameters(self.job.model, seed=self.job.training.seed)
+        self.optimiser = ServerOptimizer(self.job.server_optimizer, self.params.size)
+        self.completed_rounds = 0
+        self.next_round_id = 1
+        self._resume()
+
+    # ------------------------------------------------------------------ persistence
+
+    def _load_run_id(self) -> str:
+        run_file = self.run_dir / "run.json"
+        if run_file.exists():
+            stored = json.loads(run_file.read_text())
+            if self.config.run_id and stored["run_id"] != self.config.run_id:
+                raise ValueError(
+                    f"{run_file}: run directory belongs to run {stored['run_id']!r}, "
+                    f"the federation file names {self.config.run_id!r}")
+            if stored["job_digest"] != self.job_digest.hex():
+                raise ValueError(
+                    f"{run_file}: run directory holds a different job (digest "
+                    f"{stored['job_digest'][:16]}…); use a new run directory for a new job")
+            return str(stored["run_id"])
+        run_id = self.config.run_id or f"run-{secrets.token_hex(6)}"
+        ckpt.atomic_write(run_file, json.dumps(
+            {"run_id": run_id, "job_id": self.job.job_id, "job_digest": self.job_digest.hex()},
+            indent=2).encode())
+        return run_id
+
+    def _resume(self) -> None:
+        counter = self.run_dir / "round_counter.json"
+        if counter.exists():
+            self.next_round_id = int(json.loads(counter.read_text())["next_round_id"])
+        state = ckpt.load(self.run_dir)
+        if state is None:
+            return
+        if state.params.shape != self.params.shape:
+            raise ValueError(f"{self.run_dir / ckpt.CHECKPOINT}: parameter shape "
+                             f"{state.params.shape} does not match the job's model {self.params.shape}")
+        self.params = state.params.astype(np.float32)
+        self.optimiser.load_state(state.optimiser_state)
+        self.completed_rounds = int(state.meta["completed_rounds"])
+        self.history, self.final_metrics = ckpt.read_history(self.run_dir)
+        self.finished = self.final_metrics is not None
+        log_event(log, "resumed", run=self.run_id, round=self.next_round_id,
+                  completed_rounds=self.completed_rounds)
+
+    def _checkpoint(self) -> None:
+        meta = {
+            "run_id": self.run_id,
+            "job_digest": self.job_digest.hex(),
+            "completed_rounds": self.completed_rounds,
+            "history": [h.SerializeToString(deterministic=True).hex() for h in self.history],
+            "final_metrics": (self.final_metrics.SerializeToString(deterministic=True).hex()
+                              if self.final_metrics is not None else ""),
+        }
+        ckpt.save(self.run_dir, ckpt.Checkpoint(self.params, self.optimiser.state, meta))
+
+    def _claim_round_id(self) -> int:
+        """A round id is never used twice, also not across a crash: persist before use."""
+        round_id = self.next_round_id
+        self.next_round_id += 1
+        ckpt.atomic_write(self.run_dir / "round_counter.json",
+                          json.dumps({"next_round_id": self.next_round_id}).encode())
+        return round_id
+
+    # ------------------------------------------------------------------ authentication
+
+    def hello(self, site_id: str) -> pb.Challenge:
+        if site_id not in self._keys:
+            log_event(log, "unknown_site", logging.WARNING, run=self.run_id, site=site_id)
+            raise unauthenticated(f"site {site_id!r} is not enrolled in this federation")
+        nonce = secrets.token_bytes(32)
+        now = self.clock()
+        with self._cond:
+            self._challenges = {n: v for n, v in self._challenges.items() if v[1] > now}
+            self._challenges[nonce] = (site_id, now + CHALLENGE_TTL_S)
+        return pb.Challenge(run_id=self.run_id, nonce=nonce, ttl_s=CHALLENGE_TTL_S)
+
+    def authenticate(self, site_id: str, nonce: bytes, signature: bytes) -> pb.Session:
+        with self._cond:
+            entry = self._challenges.pop(nonce, None)  # one use only
+        if entry is None or entry[0] != site_id or entry[1] < self.clock():
+            raise unauthenticated("unknown or expired challenge; call Hello again")
+        try:
+            verify(self._keys[site_id], signature, auth_statement(self.run_id, site_id, nonce))
+        except SignatureError as exc:
+            log_event(log, "bad_signature", logging.WARNING, run=self.run_id, site=site_id)
+            raise unauthenticated(f"site {site_id!r}: {exc}") from None
+        token = secrets.token_bytes(32)
+        with self._cond:
+            self._sessions[token] = _SiteSession(site_id, self.clock() + SESSION_TTL_S)
+            self._liveness[site_id].last_seen = self.clock()
+            self._cond.notify_all()
+        log_event(log, "site_authenticated", run=self.run_id, site=site_id)
+        return pb.Session(token=token, run_id=self.run_id, session_ttl_s=SESSION_TTL_S)
+
+    def site_for(self, token: bytes) -> str:
+        session = self._sessions.get(token)
+        if session is None or session.expires < self.clock():
+            raise unauthenticated("no valid session; authenticate first")
+        return session.site_id
+
+    # ------------------------------------------------------------------ liveness
+
+    def call_started(self, site: str) -> None:
+        with self._cond:
+            live = self._liveness[site]
+            live.in_flight += 1
+            live.last_seen = self.clock()
+
+    def call_ended(self, site: str) -> None:
+        with self._cond:
+            live = self._liveness[site]
+            live.in_flight = max(0, live.in_flight - 1)
+            live.last_seen = self.clock()
+            self._cond.notify_all()
+
+    def _connected(self, site: str) -> bool:
+        live = self._liveness[site]
+        return live.in_flight > 0 or self.clock() - live.last_seen < LIVENESS_S
+
+    def connected_sites(self) -> list[str]:
+        with self._cond:
+            return sorted(s for s in self._liveness if self._connected(s))
+
+    # ------------------------------------------------------------------ requests
+
+    def poll(self, site: str, wait_s: float) -> pb.Task:
+        """Return the site's next task, waiting up to ``wait_s`` for one."""
+        deadline = self.clock() + max(0.0, min(wait_s, 60.0))
+        with self._cond:
+            while True:
+                task = self._task_for(site)
+                if task is not None:
+                    return task
+                remaining = deadline - self.clock()
+                if remaining <= 0 or self._stop.is_set():
+                    return pb.Task(wait=pb.Wait(retry_after_ms=0, reason="no task yet"))
+                self._cond.wait(min(remaining, 1.0))
+
+    def _task_for(self, site: str) -> pb.Task | None:
+        result = self._pending_results.pop(site, None)
+        if result is not None:
+            return pb.Task(round_result=result)
+        if self.finished:
+            self.told_finished.add(site)
+            return pb.Task(finished=pb.Finished(
+                run_id=self.run_id, rounds_completed=self.completed_rounds,
+                final_metrics=self.final_metrics or pb.AggregateMetrics()))
+        r = self._round
+        if r is None:
+            return None
+        if r.awaiting_offer_response(site):
+            return pb.Task(offer=pb.Offer(
+                ref=r.ref, job=self.job_proto, job_digest=self.job_digest,
+                parameters=spec_for(self.params), evaluate_only=r.evaluate_only,
+                round_seed=self._round_seed, deadline=r.deadline))
+        if r.awaiting_input(site):
+            return pb.Task(submit_input=pb.SubmitInputTask(
+                ref=r.ref, expected=self._expected_input(r), deadline=r.deadline))
+        return None
+
+    def _expected_input(self, r: RoundState) -> pb.TensorSpec:
+        size = 0 if r.evaluate_only else self.params.size
+        return pb.TensorSpec(dtype="<f4", shape=[size], nbytes=4 * size)
+
+    def respond_offer(self, site: str, response: pb.OfferResponse) -> None:
+        with self._cond:
+            r = self._current_round()
+            r.check_ref(response.ref)
+            r.respond_offer(site, response.accept, response.refusal_reason)
+            if not response.accept:
+                self._liveness[site].last_refusal = response.refusal_reason
+                log_event(log, "offer_refused", logging.WARNING, run=self.run_id,
+                          round=r.round_id, site=site, phase="offer",
+                          reason=response.refusal_reason)
+            else:
+                log_event(log, "offer_accepted", run=self.run_id, round=r.round_id, site=site,
+                          phase="offer")
+            self._cond.notify_all()
+
+    def parameters_for(self, site: str, ref: pb.RoundRef) -> np.ndarray:
+        with self._cond:
+            r = self._current_round()
+            r.check_ref(ref)
+            r.may_download(site)
+            return self.params
+
+    def input_spec_for(self, site: str, ref: pb.RoundRef) -> pb.TensorSpec:
+        """Check, before a byte of the vector is read, that this site may submit now."""
+        with self._cond:
+            r = self._current_round()
+            r.check_ref(ref)
+            r.check_input_allowed(site)
+            return self._expected_input(r)
+
+    def submit_input(self, site: str, ref: pb.RoundRef, vector: np.ndarray,
+                     metrics: pb.PlainMetrics) -> None:
+        _check_metrics(metrics, self.job.training.max_examples)
+        with self._cond:
+            r = self._current_round()
+            r.check_ref(ref)
+            if r.evaluate_only and metrics.weight != 0:
+                raise invalid("an evaluation-only round carries no update weight")
+            if not r.evaluate_only and metrics.weight <= 0:
+                raise invalid("metrics.weight must be positive in a training round")
+            r.submit(site, SiteInput(vector.astype(np.float64, copy=True), metrics))
+            log_event(log, "input_received", run=self.run_id, round=r.round_id, site=site,
+                      phase="masked_input", bytes=int(vector.nbytes))
+            self._cond.notify_all()
+
+    def _current_round(self) -> RoundState:
+        if self._round is None:
+            if self.finished:
+                raise precondition("the run is finished")
+            raise precondition("no round is in progress")
+        return self._round
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> pb.FederationStatus:
+        with self._cond:
+            r = self._round
+            return pb.FederationStatus(
+                run_id=self.run_id,
+                job_id=self.job.job_id,
+                round=r.round_id if r else 0,
+                phase=r.phase if r else pb.PHASE_UNSPECIFIED,
+                rounds_total=self.job.rounds,
+                rounds_completed=self.completed_rounds,
+                finished=self.finished,
+                sites=[pb.SiteStatus(site_id=s, connected=self._connected(s),
+                                     last_seen=live.last_seen, last_refusal=live.last_refusal)
+                       for s, live in sorted(self._liveness.items())],
+                history=list(self.history),
+                epsilon_spent=0.0,
+            )
+
+    # ------------------------------------------------------------------ run loop
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def run(self) -> None:
+        """Run rounds until the job is done (then one evaluation round) or :meth:`stop`."""
+        aborts_in_a_row = 0
+        while not self._stop.is_set() and not self.finished:
+            evaluate_only = self.completed_rounds >= self.job.rounds
+            participants = self._gather_sites()
+            if participants is None:
+                break
+            released = self._run_round(participants, evaluate_only)
+            aborts_in_a_row = 0 if released else aborts_in_a_row + 1
+            if aborts_in_a_row >= MAX_CONSECUTIVE_ABORTS:
+                self.failure = f"{aborts_in_a_row} rounds in a row released nothing"
+                log_event(log, "run_failed", logging.ERROR, run=self.run_id, reason=self.failure)
+                with self._cond:
+                    self.finished = True
+                    self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _gather_sites(self) -> frozenset[str] | None:
+        """Wait for ``min_sites`` connected sites, then up to ``gather`` s for the rest."""
+        enough_since: float | None = None
+        logged = False
+        with self._cond:
+            while not self._stop.is_set():
+                connected = [s for s in self._liveness if self._connected(s)]
+                now = self.clock()
+                if len(connected) >= self.job.min_sites:
+                    enough_since = enough_since if enough_since is not None else now
+                    if (len(connected) == len(self._liveness)
+                            or now - enough_since >= self.job.deadlines.gather):
+                        return frozenset(connected)
+                else:
+                    enough_since = None
+                    if not logged:
+                        log_event(log, "waiting_for_sites", run=self.run_id,
+                                  connected=len(connected), needed=self.job.min_sites)
+                        logged = True
+                self._cond.wait(0.2)
+        return None
+
+    def _wait_until(self, done: Callable[[], bool], deadline: float) -> None:
+        while not done() and self.clock() < deadline and not self._stop.is_set():
+            self._cond.wait(min(0.5, max(0.01, deadline - self.clock())))
+
+    def _run_round(self, participants: frozenset[str], evaluate_only: bool) -> bool:
+        """One round; returns True when it released an aggregate."""
+        round_id = self._claim_round_id()
+        self._round_seed = secrets.token_bytes(32)
+        d = self.job.deadlines
+        with self._cond:
+            r = RoundState(self.run_id, round_id, evaluate_only, participants,
+                           deadline=self.clock() + d.offer)
+            self._round = r
+            log_event(log, "round_started", run=self.run_id, round=round_id, phase="offer",
+                      participants=sorted(participants), evaluate_only=evaluate_only,
+                      training_round=self.completed_rounds + (0 if evaluate_only else 1))
+            self._cond.notify_all()
+            self._wait_until(r.offer_complete, r.deadline)
+            if self._stop.is_set():
+                return False
+            if len(r.accepted) < self.job.min_sites:
+                return self._abort(r, f"{len(r.accepted)} of {len(participants)} sites accepted "
+                                      f"(minimum {self.job.min_sites})")
+            r.start_input(self.clock() + d.input)
+            log_event(log, "phase_started", run=self.run_id, round=round_id, phase="masked_input",
+                      accepted=sorted(r.accepted))
+            self._cond.notify_all()
+            self._wait_until(r.inputs_complete, r.deadline)
+            if self._stop.is_set():
+                return False
+            dropouts = r.dropouts()
+            for site in dropouts:
+                log_event(log, "site_dropped", logging.WARNING, run=self.run_id, round=round_id,
+                          site=site, phase="masked_input")
+            if len(r.inputs) < self.job.min_sites:
+                return self._abort(r, f"{len(r.inputs)} sites delivered input "
+                                      f"(minimum {self.job.min_sites})")
+            r.phase = pb.PHASE_AGGREGATE
+            summed = WeightedSum(0 if evaluate_only else self.params.size)
+            for site_input in r.inputs.values():
+                summed.add(site_input.vector, site_input.metrics)
+            metrics = summed.metrics.aggregate()
+            if evaluate_only:
+                self.final_metrics = metrics
+            else:
+                self.params = self.optimiser.step(self.params, summed.mean_delta())
+                self.completed_rounds += 1
+            summary = pb.RoundSummary(round=round_id, contributors=len(r.inputs), metrics=metrics,
+                                      evaluate_only=evaluate_only)
+            self.history.append(summary)
+            self._checkpoint()
+            if evaluate_only:
+                self.finished = True
+            result = pb.RoundResult(ref=r.ref, contributors=sorted(r.inputs), metrics=metrics)
+            self._finish_round(r, result)
+            log_event(log, "round_completed", run=self.run_id, round=round_id,
+                      phase="aggregate", contributors=len(r.inputs), dropouts=dropouts,
+                      completed_rounds=self.completed_rounds, evaluate_only=evaluate_only,
+                      eval_accuracy=round(metrics.eval_accuracy, 4),
+                      eval_loss=round(metrics.eval_loss, 4),
+                      train_loss=round(metrics.train_loss, 4))
+            return True
+
+    def _abort(self, r: RoundState, reason: str) -> bool:
+        """Release nothing: the global model, optimiser and checkpoint stay as they were."""
+        self.history.append(pb.RoundSummary(round=r.round_id, aborted=True, abort_reason=reason,
+                                            evaluate_only=r.evaluate_only))
+        log_event(log, "round_aborted", logging.WARNING, run=self.run_id, round=r.round_id,
+                  phase=r.phase_name, reason=reason)
+        self._finish_round(r, pb.RoundResult(ref=r.ref, aborted=True, abort_reason=reason))
+        return False
+
+    def _finish_round(self, r: RoundState, result: pb.RoundResult) -> None:
+        r.result = result
+        for site in r.accepted:
+            self._pending_results[site] = result
+        self._round = None
+        self._cond.notify_all()
+
+
+def _check_metrics(m: pb.PlainMetrics, max_examples: int) -> None:
+    values = {
+        "train_loss_sum": m.train_loss_sum, "eval_loss_sum": m.eval_loss_sum,
+        "eval_correct": m.eval_correct, "eval_count": m.eval_count,
+        "train_count": m.train_count, "weight": m.weight,
+    }
+    for name, value in values.items():
+        if not np.isfinite(value) or value < 0:
+            raise invalid(f"metrics.{name} must be a finite non-negative number, got {value}")
+    for name in ("eval_count", "train_count", "weight", "eval_correct"):
+        if values[name] > max_examples:
+            raise invalid(f"metrics.{name} = {values[name]} exceeds the declared bound {max_examples}")
+    if m.eval_correct > m.eval_count:
+        raise invalid("metrics.eval_correct exceeds metrics.eval_count")

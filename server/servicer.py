@@ -1,0 +1,167 @@
+"""The gRPC servicer: translates messages and status codes, nothing more.
+
+Every method authenticates the session (metadata ``fedtune-session``), calls the
+:class:`~fedtune.server.coordinator.Coordinator`, and turns a refusal into a gRPC status
+with a message. A refused request is logged and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+
+from fedtune.logs import log_event
+from fedtune.proto import fedtune_pb2 as pb
+from fedtune.proto import fedtune_pb2_grpc as pb_grpc
+from fedtune.server.coordinator import Coordinator
+from fedtune.server.errors import ProtocolError, invalid, unauthenticated
+from fedtune.tensor_codec import CHUNK_BYTES, TensorAssembler, TensorError, iter_chunks
+
+log = logging.getLogger("fedtune.server.rpc")
+
+SESSION_METADATA = "fedtune-session"
+
+
+class CoordinatorServicer(pb_grpc.CoordinatorServicer):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _site(self, context: grpc.ServicerContext) -> str:
+        for key, value in context.invocation_metadata():
+            if key == SESSION_METADATA:
+                try:
+                    token = bytes.fromhex(value if isinstance(value, str) else value.decode())
+                except ValueError:
+                    raise unauthenticated("malformed session token") from None
+                return self.c.site_for(token)
+        raise unauthenticated(f"missing session token (metadata {SESSION_METADATA!r})")
+
+    def _refuse(self, context: grpc.ServicerContext, method: str, exc: ProtocolError,
+                site: str = "") -> None:
+        log_event(log, "request_refused", logging.WARNING, run=self.c.run_id, site=site,
+                  method=method, code=exc.code.name, reason=exc.message)
+        context.abort(exc.code, exc.message)
+
+    # -- authentication --------------------------------------------------------------------
+
+    def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.Challenge:
+        try:
+            return self.c.hello(request.site_id)
+        except ProtocolError as exc:
+            self._refuse(context, "Hello", exc, request.site_id)
+            raise  # unreachable: abort raises
+
+    def Authenticate(self, request: pb.AuthenticateRequest,
+                     context: grpc.ServicerContext) -> pb.Session:
+        try:
+            return self.c.authenticate(request.site_id, request.nonce, request.signature)
+        except ProtocolError as exc:
+            self._refuse(context, "Authenticate", exc, request.site_id)
+            raise
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def PollTask(self, request: pb.PollRequest, context: grpc.ServicerContext) -> pb.Task:
+        site = ""
+        try:
+            site = self._site(context)
+            self.c.call_started(site)
+            try:
+                return self.c.poll(site, request.wait_ms / 1000.0)
+            finally:
+                self.c.call_ended(site)
+        except ProtocolError as exc:
+            self._refuse(context, "PollTask", exc, site)
+            raise
+
+    def RespondOffer(self, request: pb.OfferResponse, context: grpc.ServicerContext) -> pb.Ack:
+        site = ""
+        try:
+            site = self._site(context)
+            self.c.respond_offer(site, request)
+            return pb.Ack(message="accepted" if request.accept else "refusal recorded")
+        except ProtocolError as exc:
+            self._refuse(context, "RespondOffer", exc, site)
+            raise
+
+    def GetParameters(self, request: pb.ParametersRequest,
+                      context: grpc.ServicerContext) -> Iterator[pb.TensorChunk]:
+        site = ""
+        try:
+            site = self._site(context)
+            params = self.c.parameters_for(site, request.ref)
+        except ProtocolError as exc:
+            self._refuse(context, "GetParameters", exc, site)
+            raise
+        chunk = request.chunk_bytes or CHUNK_BYTES
+        chunk = max(4096, min(chunk, 4 * CHUNK_BYTES))
+        yield from iter_chunks(params, chunk)
+
+    def SubmitInput(self, request_iterator: Iterator[pb.InputChunk],
+                    context: grpc.ServicerContext) -> pb.Ack:
+        site = ""
+        try:
+            site = self._site(context)
+            self.c.call_started(site)
+            try:
+                ref, vector, metrics = self._receive_input(site, request_iterator)
+                self.c.submit_input(site, ref, vector, metrics)
+            finally:
+                self.c.call_ended(site)
+            return pb.Ack(message=f"input of round {ref.round} received")
+        except ProtocolError as exc:
+            self._refuse(context, "SubmitInput", exc, site)
+            raise
+
+    def _receive_input(self, site: str, chunks: Iterator[pb.InputChunk]):
+        first = next(chunks, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise invalid("the first message of SubmitInput must be the header")
+        header = first.header
+        if not header.HasField("metrics"):
+            raise invalid("plain mode: the header must carry metrics")
+        expected = self.c.input_spec_for(site, header.ref)
+        try:
+            assembler = TensorAssembler(header.vector, expected)
+            for chunk in chunks:
+                if chunk.WhichOneof("part") != "data":
+                    raise invalid("a second header in one SubmitInput stream")
+                assembler.add(chunk.data)
+            vector = assembler.finish()
+        except TensorError as exc:
+            raise invalid(f"input vector: {exc}") from None
+        return header.ref, vector, header.metrics
+
+    # -- secure aggregation (the secure-aggregation issue implements these phases) ----------
+
+    def _secure_only(self, context: grpc.ServicerContext, method: str) -> None:
+        site = ""
+        try:
+            site = self._site(context)
+            raise ProtocolError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{method}: this run does not use secure aggregation")
+        except ProtocolError as exc:
+            self._refuse(context, method, exc, site)
+
+    def AdvertiseKeys(self, request: pb.SignedKeyAdvertisement,
+                      context: grpc.ServicerContext) -> pb.Ack:
+        self._secure_only(context, "AdvertiseKeys")
+        return pb.Ack()
+
+    def ShareKeys(self, request: pb.EncryptedShares, context: grpc.ServicerContext) -> pb.Ack:
+        self._secure_only(context, "ShareKeys")
+        return pb.Ack()
+
+    def Unmask(self, request: pb.UnmaskShares, context: grpc.ServicerContext) -> pb.Ack:
+        self._secure_only(context, "Unmask")
+        return pb.Ack()
+
+    # -- operators ---------------------------------------------------------------------------
+
+    def GetStatus(self, request: pb.StatusRequest,
+                  context: grpc.ServicerContext) -> pb.FederationStatus:
+        return self.c.status()
