@@ -13,6 +13,7 @@ the round, and only the run loop changes the global model and writes the checkpo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -389,6 +390,7 @@ class Coordinator:
             self._round = r
             log_event(log, "round_started", run=self.run_id, round=round_id, phase="offer",
                       participants=sorted(participants), evaluate_only=evaluate_only,
+                      params_sha256=hashlib.sha256(self.params.tobytes()).hexdigest(),
                       training_round=self.completed_rounds + (0 if evaluate_only else 1))
             self._cond.notify_all()
             self._wait_until(r.offer_complete, r.deadline)

@@ -1,0 +1,46 @@
+"""Shared fixtures: a federation on disk and real coordinator / site-agent processes."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fedtune import local_federation as lf
+
+
+class Processes:
+    """Starts fedtune processes and kills whatever is left at the end of the test."""
+
+    def __init__(self) -> None:
+        self.all: list[subprocess.Popen] = []
+
+    def add(self, proc: subprocess.Popen) -> subprocess.Popen:
+        self.all.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for p in self.all:
+            if p.poll() is None:
+                p.kill()
+        for p in self.all:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    yield procs
+    procs.cleanup()
+
+
+@pytest.fixture
+def fed_factory(tmp_path: Path) -> Callable[..., lf.LocalFederation]:
+    def make(**kwargs) -> lf.LocalFederation:
+        return lf.prepare(tmp_path / "fed", **kwargs)
+    return make
