@@ -157,7 +157,7 @@ def _server(args: argparse.Namespace) -> int:
     print(f"fedtune coordinator: run {running.coordinator.run_id} listening on "
           f"{host}:{running.port}, run directory {run_dir}", flush=True)
 
-    def on_signal(signum, frame):  # noqa: ARG001
+    def on_signal(signum, frame):
         running.coordinator.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -214,7 +214,7 @@ def _site(args: argparse.Namespace) -> int:
         coordinator=args.coordinator, site_id=args.site_id, identity=identity,
         data_path=args.data, policy=policy, tls=tls, give_up_after_s=args.give_up_after))
 
-    def on_signal(signum, frame):  # noqa: ARG001
+    def on_signal(signum, frame):
         agent.stop()
 
     signal.signal(signal.SIGTERM, on_signal)

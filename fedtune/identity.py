@@ -84,7 +84,7 @@ def write_dev_tls(out_dir: Path, hosts: list[str], clients: list[str], days: int
     name, ``NAME.client.pem`` / ``NAME.client.key`` (for mutual TLS). ECDSA P-256, SHA-256.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedtune development CA")])
     ca_cert = (

@@ -141,21 +141,21 @@ def _env() -> dict[str, str]:
 
 def start_server(fed: LocalFederation, log_name: str = "coordinator.out",
                  extra: list[str] | None = None) -> subprocess.Popen:
-    out = open(fed.root / log_name, "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "fedtune", "server", "--federation", str(fed.federation),
-         "--insecure", "--linger", "5", *(extra or [])],
-        stdout=out, stderr=subprocess.STDOUT, env=_env())
+    with open(fed.root / log_name, "ab") as out:  # the child keeps its own copy of the fd
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedtune", "server", "--federation", str(fed.federation),
+             "--insecure", "--linger", "5", *(extra or [])],
+            stdout=out, stderr=subprocess.STDOUT, env=_env())
 
 
 def start_site(fed: LocalFederation, site: SiteFiles, log_name: str | None = None,
                extra: list[str] | None = None) -> subprocess.Popen:
-    out = open(fed.root / (log_name or f"{site.site_id}.out"), "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "fedtune", "site", "--coordinator", fed.address,
-         "--site-id", site.site_id, "--identity", str(site.key), "--data", str(site.data),
-         "--policy", str(site.policy), "--insecure", *(extra or [])],
-        stdout=out, stderr=subprocess.STDOUT, env=_env())
+    with open(fed.root / (log_name or f"{site.site_id}.out"), "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedtune", "site", "--coordinator", fed.address,
+             "--site-id", site.site_id, "--identity", str(site.key), "--data", str(site.data),
+             "--policy", str(site.policy), "--insecure", *(extra or [])],
+            stdout=out, stderr=subprocess.STDOUT, env=_env())
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:

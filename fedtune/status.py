@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.proto import fedtune_pb2_grpc as pb_grpc
 from fedtune.transport import open_channel

@@ -9,6 +9,7 @@ always produces the same precise message, e.g.::
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,7 @@ class Fields:
             raise self.error(key, "required field is missing")
         return default
 
-    def sub(self, key: str, required: bool = False) -> "Fields":
+    def sub(self, key: str, required: bool = False) -> Fields:
         value = self._get(key, _MISSING if required else {})
         if not isinstance(value, dict):
             raise self.error(key, f"expected a table, found {value!r}")
@@ -101,7 +102,7 @@ class Fields:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(key, f"expected a number{bounds}, found {value!r}")
         value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise self.error(key, f"expected a finite number, found {value!r}")
         too_low = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
         if too_low or (maximum is not None and value > maximum):
@@ -128,7 +129,7 @@ class Fields:
             raise self.error(key, f"expected a list of positive integers, found {value!r}")
         return tuple(value)
 
-    def table_list(self, key: str) -> list["Fields"]:
+    def table_list(self, key: str) -> list[Fields]:
         value = self._get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise self.error(key, "expected an array of tables ([[...]])")

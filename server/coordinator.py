@@ -33,7 +33,7 @@ from fedtune.privacy.signatures import SignatureError, auth_statement, public_ke
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.server import checkpoint as ckpt
 from fedtune.server.aggregation import WeightedSum
-from fedtune.server.errors import ProtocolError, invalid, precondition, unauthenticated
+from fedtune.server.errors import invalid, precondition, unauthenticated
 from fedtune.server.optimisers import ServerOptimizer
 from fedtune.server.round_state import RoundState, SiteInput
 from fedtune.tensor_codec import spec_for

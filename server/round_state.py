@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.server.errors import ProtocolError, duplicate, precondition
-import grpc
 
 PHASE_NAMES = {
     pb.PHASE_OFFER: "offer",

@@ -7,11 +7,10 @@ import signal
 
 import numpy as np
 import pytest
+from helpers_processes import read_events, wait_for_event
 
 from fedtune import local_federation as lf
 from fedtune.server import checkpoint as ckpt
-
-from helpers_processes import read_events, wait_for_event
 
 pytestmark = pytest.mark.slow
 
