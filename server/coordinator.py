@@ -208,7 +208,10 @@ class Coordinator:
 
     def _connected(self, site: str) -> bool:
         live = self._liveness[site]
-        return live.in_flight > 0 or self.clock() - live.last_seen < LIVENESS_S
+        if live.in_flight > 0 or self.clock() - live.last_seen < LIVENESS_S:
+            return True
+        # a site training for the current round holds no call open, and is still with us
+        return self._round is not None and self._round.awaiting_input(site)
 
     def connected_sites(self) -> list[str]:
         with self._cond:
@@ -216,8 +219,13 @@ class Coordinator:
 
     # ------------------------------------------------------------------ requests
 
-    def poll(self, site: str, wait_s: float) -> pb.Task:
-        """Return the site's next task, waiting up to ``wait_s`` for one."""
+    def poll(self, site: str, wait_s: float,
+             still_connected: Callable[[], bool] = lambda: True) -> pb.Task:
+        """Return the site's next task, waiting up to ``wait_s`` for one.
+
+        ``still_connected`` is polled while waiting, so a site whose process died mid-poll
+        stops counting as connected within a second instead of at the end of the poll.
+        """
         deadline = self.clock() + max(0.0, min(wait_s, 60.0))
         with self._cond:
             while True:
@@ -225,7 +233,7 @@ class Coordinator:
                 if task is not None:
                     return task
                 remaining = deadline - self.clock()
-                if remaining <= 0 or self._stop.is_set():
+                if remaining <= 0 or self._stop.is_set() or not still_connected():
                     return pb.Task(wait=pb.Wait(retry_after_ms=0, reason="no task yet"))
                 self._cond.wait(min(remaining, 1.0))
 

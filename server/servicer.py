@@ -71,7 +71,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             site = self._site(context)
             self.c.call_started(site)
             try:
-                return self.c.poll(site, request.wait_ms / 1000.0)
+                return self.c.poll(site, request.wait_ms / 1000.0, context.is_active)
             finally:
                 self.c.call_ended(site)
         except ProtocolError as exc:
