@@ -221,7 +221,7 @@ class SiteAgent:
             reason = refusal_reason(job, self.config.policy)
         if reason is None:
             try:
-                models.build_model(job.model)
+                models.validate_spec(job.model)
                 self._site_data(job.model, job)
             except (DataError, models.ModelError) as exc:
                 reason = f"local data does not fit the job: {exc}"

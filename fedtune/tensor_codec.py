@@ -11,6 +11,7 @@ length, the sha256 of what arrived, and (for floats) no NaN or Inf.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -35,7 +36,7 @@ def spec_for(array: np.ndarray) -> pb.TensorSpec:
         dtype=le.dtype.str,
         shape=list(le.shape),
         nbytes=le.nbytes,
-        sha256=hashlib.sha256(le.tobytes()).digest(),
+        sha256=hashlib.sha256(le.reshape(-1).view(np.uint8)).digest(),  # no copy
     )
 
 
@@ -45,10 +46,15 @@ def to_bytes(array: np.ndarray) -> bytes:
 
 def iter_chunks(array: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.TensorChunk]:
     """Yield the tensor as chunks; the first chunk carries the spec."""
+    yield from iter_raw_chunks(spec_for(array), to_bytes(array), chunk_bytes)
+
+
+def iter_raw_chunks(spec: pb.TensorSpec, raw: bytes,
+                    chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.TensorChunk]:
+    """Chunks of bytes already in wire form (``raw`` must match ``spec``)."""
     if chunk_bytes <= 0:
         raise TensorError(f"chunk size must be positive, got {chunk_bytes}")
-    spec = spec_for(array)
-    data = memoryview(to_bytes(array))
+    data = memoryview(raw)
     if len(data) == 0:
         yield pb.TensorChunk(spec=spec, offset=0, data=b"")
         return
@@ -65,7 +71,7 @@ def check_spec(spec: pb.TensorSpec, expected: pb.TensorSpec | None = None,
     if spec.dtype not in ALLOWED_DTYPES:
         raise TensorError(f"dtype {spec.dtype!r} is not allowed (allowed: {', '.join(ALLOWED_DTYPES)})")
     itemsize = np.dtype(spec.dtype).itemsize
-    count = int(np.prod(spec.shape, dtype=np.uint64)) if len(spec.shape) else 1
+    count = math.prod(int(d) for d in spec.shape)  # Python ints: a huge shape cannot wrap to 0
     if count * itemsize != spec.nbytes:
         raise TensorError(
             f"shape {list(spec.shape)} of {spec.dtype} needs {count * itemsize} bytes, spec says {spec.nbytes}"
@@ -106,7 +112,7 @@ class TensorAssembler:
             raise TensorError(f"truncated: received {self._filled} of {self.spec.nbytes} bytes")
         if hashlib.sha256(self._buffer).digest() != self.spec.sha256:
             raise TensorError("sha256 of the received bytes does not match the spec")
-        array = np.frombuffer(bytes(self._buffer), dtype=np.dtype(self.spec.dtype))
+        array = np.frombuffer(self._buffer, dtype=np.dtype(self.spec.dtype))  # no copy
         array = array.reshape(tuple(int(d) for d in self.spec.shape))
         if array.dtype.kind == "f" and not allow_non_finite and not np.isfinite(array).all():
             bad = int(np.size(array) - np.isfinite(array).sum())

@@ -39,6 +39,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(p, "", "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(p, "", f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; tomllib decodes before it parses
+        raise ConfigError(p, "", f"not valid TOML: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(p, "", f"cannot read: {exc.strerror}") from None
 
@@ -58,6 +60,8 @@ class Fields:
         self._read: set[str] = set()
 
     def _name(self, key: str) -> str:
+        if not key:  # an error about the whole table names the table
+            return self.prefix
         return f"{self.prefix}.{key}" if self.prefix else key
 
     def error(self, key: str, problem: str) -> ConfigError:

@@ -79,7 +79,7 @@ def start(config: FederationConfig, *, host: str | None = None, port: int | None
         raise InsecureNotAllowed(
             f"{config.path}: coordinator.tls is not set; configure TLS or pass --insecure "
             "(allowed on a loopback address only)")
-    if config.tls is None and not is_loopback(host):
+    if insecure and not is_loopback(host):  # also when TLS is configured but --insecure skips it
         raise InsecureNotAllowed(f"--insecure is allowed only on loopback, not on {host!r}")
     coordinator = Coordinator(config, run_dir=run_dir)
     workers = max(16, 4 * len(config.sites) + 8)  # each site holds a long poll

@@ -13,7 +13,6 @@ the round, and only the run loop changes the global model and writes the checkpo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -36,7 +35,7 @@ from fedtune.server.aggregation import WeightedSum
 from fedtune.server.errors import invalid, precondition, unauthenticated
 from fedtune.server.optimisers import ServerOptimizer
 from fedtune.server.round_state import RoundState, SiteInput
-from fedtune.tensor_codec import spec_for
+from fedtune.tensor_codec import spec_for, to_bytes
 
 log = logging.getLogger("fedtune.server")
 
@@ -90,7 +89,7 @@ class Coordinator:
         self.job_digest = job_digest(self.job_proto)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_id = self._load_run_id()
-        self.params = models.initial_parameters(self.job.model, seed=self.job.training.seed)
+        self._set_params(models.initial_parameters(self.job.model, seed=self.job.training.seed))
         self.optimiser = ServerOptimizer(self.job.server_optimizer, self.params.size)
         self.completed_rounds = 0
         self.next_round_id = 1
@@ -127,7 +126,7 @@ class Coordinator:
         if state.params.shape != self.params.shape:
             raise ValueError(f"{self.run_dir / ckpt.CHECKPOINT}: parameter shape "
                              f"{state.params.shape} does not match the job's model {self.params.shape}")
-        self.params = state.params.astype(np.float32)
+        self._set_params(state.params.astype(np.float32))
         self.optimiser.load_state(state.optimiser_state)
         self.completed_rounds = int(state.meta["completed_rounds"])
         self.history, self.final_metrics = ckpt.read_history(self.run_dir)
@@ -135,16 +134,22 @@ class Coordinator:
         log_event(log, "resumed", run=self.run_id, round=self.next_round_id,
                   completed_rounds=self.completed_rounds)
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, history: list[pb.RoundSummary]) -> None:
         meta = {
             "run_id": self.run_id,
             "job_digest": self.job_digest.hex(),
             "completed_rounds": self.completed_rounds,
-            "history": [h.SerializeToString(deterministic=True).hex() for h in self.history],
+            "history": [h.SerializeToString(deterministic=True).hex() for h in history],
             "final_metrics": (self.final_metrics.SerializeToString(deterministic=True).hex()
                               if self.final_metrics is not None else ""),
         }
         ckpt.save(self.run_dir, ckpt.Checkpoint(self.params, self.optimiser.state, meta))
+
+    def _set_params(self, params: np.ndarray) -> None:
+        """New global parameters: their wire form is made once, not once per site."""
+        self.params = params
+        self.params_spec = spec_for(params)
+        self.params_bytes = to_bytes(params)
 
     def _claim_round_id(self) -> int:
         """A round id is never used twice, also not across a crash: persist before use."""
@@ -252,7 +257,7 @@ class Coordinator:
         if r.awaiting_offer_response(site):
             return pb.Task(offer=pb.Offer(
                 ref=r.ref, job=self.job_proto, job_digest=self.job_digest,
-                parameters=spec_for(self.params), evaluate_only=r.evaluate_only,
+                parameters=self.params_spec, evaluate_only=r.evaluate_only,
                 round_seed=self._round_seed, deadline=r.deadline))
         if r.awaiting_input(site):
             return pb.Task(submit_input=pb.SubmitInputTask(
@@ -278,12 +283,13 @@ class Coordinator:
                           phase="offer")
             self._cond.notify_all()
 
-    def parameters_for(self, site: str, ref: pb.RoundRef) -> np.ndarray:
+    def parameters_for(self, site: str, ref: pb.RoundRef) -> tuple[pb.TensorSpec, bytes]:
+        """The round's global parameters as (spec, raw little-endian bytes)."""
         with self._cond:
             r = self._current_round()
             r.check_ref(ref)
             r.may_download(site)
-            return self.params
+            return self.params_spec, self.params_bytes
 
     def input_spec_for(self, site: str, ref: pb.RoundRef) -> pb.TensorSpec:
         """Check, before a byte of the vector is read, that this site may submit now."""
@@ -296,6 +302,7 @@ class Coordinator:
     def submit_input(self, site: str, ref: pb.RoundRef, vector: np.ndarray,
                      metrics: pb.PlainMetrics) -> None:
         _check_metrics(metrics, self.job.training.max_examples)
+        as_float64 = vector.astype(np.float64)  # before taking the lock
         with self._cond:
             r = self._current_round()
             r.check_ref(ref)
@@ -303,7 +310,7 @@ class Coordinator:
                 raise invalid("an evaluation-only round carries no update weight")
             if not r.evaluate_only and metrics.weight <= 0:
                 raise invalid("metrics.weight must be positive in a training round")
-            r.submit(site, SiteInput(vector.astype(np.float64, copy=True), metrics))
+            r.submit(site, SiteInput(as_float64, metrics))
             log_event(log, "input_received", run=self.run_id, round=r.round_id, site=site,
                       phase="masked_input", bytes=int(vector.nbytes))
             self._cond.notify_all()
@@ -398,7 +405,7 @@ class Coordinator:
             self._round = r
             log_event(log, "round_started", run=self.run_id, round=round_id, phase="offer",
                       participants=sorted(participants), evaluate_only=evaluate_only,
-                      params_sha256=hashlib.sha256(self.params.tobytes()).hexdigest(),
+                      params_sha256=self.params_spec.sha256.hex(),
                       training_round=self.completed_rounds + (0 if evaluate_only else 1))
             self._cond.notify_all()
             self._wait_until(r.offer_complete, r.deadline)
@@ -421,31 +428,36 @@ class Coordinator:
             if len(r.inputs) < self.job.min_sites:
                 return self._abort(r, f"{len(r.inputs)} sites delivered input "
                                       f"(minimum {self.job.min_sites})")
-            r.phase = pb.PHASE_AGGREGATE
-            summed = WeightedSum(0 if evaluate_only else self.params.size)
-            for site_input in r.inputs.values():
-                summed.add(site_input.vector, site_input.metrics)
-            metrics = summed.metrics.aggregate()
-            if evaluate_only:
-                self.final_metrics = metrics
-            else:
-                self.params = self.optimiser.step(self.params, summed.mean_delta())
-                self.completed_rounds += 1
-            summary = pb.RoundSummary(round=round_id, contributors=len(r.inputs), metrics=metrics,
-                                      evaluate_only=evaluate_only)
+            r.phase = pb.PHASE_AGGREGATE  # from here on no request can change the round
+            inputs = list(r.inputs.values())
+            contributors = sorted(r.inputs)
+        # Aggregate and checkpoint outside the lock: status and polls keep being answered.
+        summed = WeightedSum(0 if evaluate_only else self.params.size)
+        for site_input in inputs:
+            summed.add(site_input.vector, site_input.metrics)
+        metrics = summed.metrics.aggregate()
+        summary = pb.RoundSummary(round=round_id, contributors=len(inputs), metrics=metrics,
+                                  evaluate_only=evaluate_only)
+        if evaluate_only:
+            self.final_metrics = metrics
+        else:
+            self._set_params(self.optimiser.step(self.params, summed.mean_delta()))
+            self.completed_rounds += 1
+        # the checkpoint is on disk before anyone is told the round completed
+        self._checkpoint(self.history + [summary])
+        with self._cond:
             self.history.append(summary)
-            self._checkpoint()
             if evaluate_only:
                 self.finished = True
-            result = pb.RoundResult(ref=r.ref, contributors=sorted(r.inputs), metrics=metrics)
+            result = pb.RoundResult(ref=r.ref, contributors=contributors, metrics=metrics)
             self._finish_round(r, result)
-            log_event(log, "round_completed", run=self.run_id, round=round_id,
-                      phase="aggregate", contributors=len(r.inputs), dropouts=dropouts,
-                      completed_rounds=self.completed_rounds, evaluate_only=evaluate_only,
-                      eval_accuracy=round(metrics.eval_accuracy, 4),
-                      eval_loss=round(metrics.eval_loss, 4),
-                      train_loss=round(metrics.train_loss, 4))
-            return True
+        log_event(log, "round_completed", run=self.run_id, round=round_id,
+                  phase="aggregate", contributors=len(inputs), dropouts=dropouts,
+                  completed_rounds=self.completed_rounds, evaluate_only=evaluate_only,
+                  eval_accuracy=round(metrics.eval_accuracy, 4),
+                  eval_loss=round(metrics.eval_loss, 4),
+                  train_loss=round(metrics.train_loss, 4))
+        return True
 
     def _abort(self, r: RoundState, reason: str) -> bool:
         """Release nothing: the global model, optimiser and checkpoint stay as they were."""

@@ -103,14 +103,14 @@ class RoundState:
         self.phase = pb.PHASE_MASKED_INPUT
         self.deadline = deadline
 
-    def may_download(self, site: str) -> None:
+    def may_download(self, site: str, action: str = "downloading parameters") -> None:
         self._require_participant(site)
         if site not in self.accepted:
             raise precondition(f"site {site!r} did not accept round {self.round_id}")
-        self._require_phase(pb.PHASE_MASKED_INPUT, "downloading parameters")
+        self._require_phase(pb.PHASE_MASKED_INPUT, action)
 
     def check_input_allowed(self, site: str) -> None:
-        self.may_download(site)
+        self.may_download(site, "submitting input")
         if site in self.inputs:
             raise duplicate(f"site {site!r} already submitted its input for round {self.round_id}")
 

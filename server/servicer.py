@@ -17,7 +17,7 @@ from fedtune.proto import fedtune_pb2 as pb
 from fedtune.proto import fedtune_pb2_grpc as pb_grpc
 from fedtune.server.coordinator import Coordinator
 from fedtune.server.errors import ProtocolError, invalid, unauthenticated
-from fedtune.tensor_codec import CHUNK_BYTES, TensorAssembler, TensorError, iter_chunks
+from fedtune.tensor_codec import CHUNK_BYTES, TensorAssembler, TensorError, iter_raw_chunks
 
 log = logging.getLogger("fedtune.server.rpc")
 
@@ -93,13 +93,13 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         site = ""
         try:
             site = self._site(context)
-            params = self.c.parameters_for(site, request.ref)
+            spec, raw = self.c.parameters_for(site, request.ref)
         except ProtocolError as exc:
             self._refuse(context, "GetParameters", exc, site)
             raise
         chunk = request.chunk_bytes or CHUNK_BYTES
         chunk = max(4096, min(chunk, 4 * CHUNK_BYTES))
-        yield from iter_chunks(params, chunk)
+        yield from iter_raw_chunks(spec, raw, chunk)
 
     def SubmitInput(self, request_iterator: Iterator[pb.InputChunk],
                     context: grpc.ServicerContext) -> pb.Ack:
