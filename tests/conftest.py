@@ -44,3 +44,12 @@ def fed_factory(tmp_path: Path) -> Callable[..., lf.LocalFederation]:
     def make(**kwargs) -> lf.LocalFederation:
         return lf.prepare(tmp_path / "fed", **kwargs)
     return make
+
+
+@pytest.fixture(autouse=True)
+def _restore_fedtune_logging():
+    """CLI tests configure the ``fedtune`` logger (handlers, propagate=False): undo it."""
+    from helpers_inprocess import preserved_logging
+
+    with preserved_logging():
+        yield

@@ -138,7 +138,9 @@ def input_stream(ref: pb.RoundRef, vector: np.ndarray | None = None,
     if data is None:
         assert vector is not None
         data = to_bytes(vector)
-    header = pb.InputHeader(ref=ref, vector=spec, metrics=metrics or good_metrics())
+    if metrics is None:
+        metrics = good_metrics()
+    header = pb.InputHeader(ref=ref, vector=spec, metrics=metrics)
     stream = [pb.InputChunk(header=header)]
     stream += [pb.InputChunk(data=data[i:i + chunk_bytes])
                for i in range(0, len(data), chunk_bytes)]
@@ -225,7 +227,10 @@ class HandSite:
                                      timeout=CALL_TIMEOUT_S)
 
     def submit_good(self, task: pb.SubmitInputTask, value: float = 0.01) -> pb.Ack:
-        return self.submit(input_stream(task.ref, good_vector(task.expected, value)))
+        vector = good_vector(task.expected, value)
+        # an evaluation-only round expects an empty vector and carries no update weight
+        metrics = good_metrics() if vector.size else good_metrics(weight=0.0)
+        return self.submit(input_stream(task.ref, vector, metrics))
 
 
 def channel_to(address: str) -> grpc.Channel:
@@ -280,8 +285,9 @@ class Federation:
         raise AssertionError(f"status never matched within {timeout} s: {self.status()}")
 
     def finish_round(self, timeout: float = CALL_TIMEOUT_S) -> pb.FederationStatus:
-        """Let every site behave well until one more round has completed."""
-        target = self.status().rounds_completed + 1
+        """Let every site behave well until the current (or next) round has released."""
+        status = self.status()
+        first = status.round or max((h.round for h in status.history), default=0) + 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for site in self.sites.values():
@@ -292,25 +298,28 @@ class Federation:
                 elif kind == "submit_input":
                     site.submit_good(task.submit_input)
             status = self.status()
-            if status.rounds_completed >= target:
+            if any(h.round >= first and not h.aborted for h in status.history):
                 return status
-        raise AssertionError(f"round {target} did not complete within {timeout} s")
+        raise AssertionError(f"no round from round {first} on completed within {timeout} s")
 
 
 @contextlib.contextmanager
 def started_federation(root: Path, *, n_sites: int = 2, job: dict[str, Any] | None = None,
-                       completed_rounds: int = 1) -> Iterator[Federation]:
+                       completed_rounds: int = 1,
+                       join: Iterable[str] | None = None) -> Iterator[Federation]:
     """A coordinator with ``n_sites`` authenticated hand sites and a checkpoint on disk.
 
-    It completes ``completed_rounds`` well-behaved rounds (so ``checkpoint.npz`` exists) and
-    returns once the next round offers its job, in the offer phase with nobody answered.
+    The sites in ``join`` (default: all) authenticate; the federation completes
+    ``completed_rounds`` well-behaved rounds (so ``checkpoint.npz`` exists) and is handed over
+    once the next round offers its job, in the offer phase with nobody answered.
     """
     files = write_federation(root, n_sites=n_sites, job=job)
     with running(files.config()) as coordinator:
         channel = channel_to(f"127.0.0.1:{coordinator.port}")
         fed = Federation(files, coordinator, channel)
         try:
-            challenges = [(fed.site(s), fed.site(s).hello()) for s in files.keys]
+            joining = list(files.keys if join is None else join)
+            challenges = [(fed.site(s), fed.site(s).hello()) for s in joining]
             for site, challenge in challenges:  # back to back: every site joins round 1
                 site.authenticate(challenge)
             for _ in range(completed_rounds):

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from fedtune.client.data import load_site_data
 
+from fedtune.client.data import load_site_data
 from fedtune.datasets import (
     DATASETS,
     DatasetError,

@@ -7,8 +7,8 @@ import re
 
 import numpy as np
 import pytest
-from fedtune.client.data import DataError, SiteData, load_site_data, train_eval_split
 
+from fedtune.client.data import DataError, SiteData, load_site_data, train_eval_split
 from fedtune.job import ModelConfig
 
 TABULAR = ModelConfig(id="tabular-mlp", input_dim=2, num_classes=2)
