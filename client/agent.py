@@ -25,8 +25,10 @@ from fedtune import models
 from fedtune.client import trainer
 from fedtune.client.data import DataError, SiteData, load_site_data, train_eval_split
 from fedtune.client.policy_guard import refusal_reason
+from fedtune.client.secure_phases import SecureSiteMixin, SecureState
 from fedtune.job import JobConfig, ModelConfig, job_digest, job_from_proto
 from fedtune.logs import log_event
+from fedtune.peers import Peers
 from fedtune.policy import PolicyConfig
 from fedtune.privacy.signatures import auth_statement, sign
 from fedtune.proto import fedtune_pb2 as pb
@@ -63,6 +65,18 @@ class SiteAgentConfig:
     backoff_max_s: float = 10.0
     #: give up after this long without reaching the coordinator (None: never)
     give_up_after_s: float | None = None
+    #: the coordinator's and the peers' identity keys (needed for secure aggregation)
+    peers: Peers | None = None
+    #: fault injection for tests and scenario replays: (phase, round id) at which this site
+    #: vanishes without a word; phase is one of DROP_PHASES
+    drop_at: tuple[str, int] | None = None
+
+
+DROP_PHASES = ("advertise", "share", "input", "consistency", "unmask")
+
+
+class SimulatedDropout(Exception):
+    """Raised to make the agent vanish mid-round (fault injection)."""
 
 
 @dataclass
@@ -74,12 +88,13 @@ class _Accepted:
 @dataclass
 class SiteOutcome:
     finished: bool
+    dropped: bool = False
     final_metrics: pb.AggregateMetrics | None = None
     rounds_contributed: int = 0
     refusals: list[str] = field(default_factory=list)
 
 
-class SiteAgent:
+class SiteAgent(SecureSiteMixin):
     def __init__(self, config: SiteAgentConfig) -> None:
         self.config = config
         self._stop = threading.Event()
@@ -88,6 +103,7 @@ class SiteAgent:
         self._token: bytes | None = None
         self._run_id = ""
         self._accepted: dict[tuple[str, int], _Accepted] = {}
+        self._secure: dict[tuple[str, int], SecureState] = {}
         self._data_cache: dict[ModelConfig, tuple[SiteData, SiteData]] = {}
         self.outcome = SiteOutcome(finished=False)
 
@@ -160,6 +176,11 @@ class SiteAgent:
                                            timeout=wait_ms / 1000.0 + CALL_TIMEOUT_S)
                 if self._handle(task):
                     break
+            except SimulatedDropout as exc:
+                log_event(log, "fault_injected", logging.WARNING, site=self.config.site_id,
+                          fault=str(exc))
+                self.outcome.dropped = True
+                break
             except grpc.RpcError as exc:
                 if exc.code() in RETRYABLE:
                     log_event(log, "connection_lost", logging.WARNING, site=self.config.site_id,
@@ -180,10 +201,21 @@ class SiteAgent:
         if kind == "offer":
             self._on_offer(task.offer)
         elif kind == "submit_input":
-            self._on_submit_input(task.submit_input)
+            ref = task.submit_input.ref
+            if (ref.run_id, ref.round) in self._secure:
+                self._on_secure_input(task.submit_input)
+            else:
+                self._on_submit_input(task.submit_input)
+        elif kind == "share_keys":
+            self._on_share_keys(task.share_keys)
+        elif kind == "consistency":
+            self._on_consistency(task.consistency)
+        elif kind == "unmask":
+            self._on_unmask(task.unmask)
         elif kind == "round_result":
             r = task.round_result
             self._accepted.pop((r.ref.run_id, r.ref.round), None)
+            self._secure.pop((r.ref.run_id, r.ref.round), None)
             log_event(log, "round_result", run=r.ref.run_id, round=r.ref.round,
                       site=self.config.site_id, aborted=r.aborted, reason=r.abort_reason,
                       contributors=list(r.contributors),
@@ -195,8 +227,6 @@ class SiteAgent:
                       rounds=task.finished.rounds_completed,
                       eval_accuracy=round(task.finished.final_metrics.eval_accuracy, 4))
             return True
-        elif kind in ("share_keys", "unmask"):
-            log_event(log, "unsupported_task", logging.WARNING, site=self.config.site_id, task=kind)
         return False
 
     # ------------------------------------------------------------------ offer
@@ -219,6 +249,9 @@ class SiteAgent:
             reason = f"offer for run {ref.run_id!r}, this session is for run {self._run_id!r}"
         else:
             reason = refusal_reason(job, self.config.policy)
+        if reason is None and job.secure_aggregation.enabled and self.config.peers is None:
+            reason = ("the job uses secure aggregation and this site has no peer identity keys "
+                      "(start it with --peers)")
         if reason is None:
             try:
                 models.validate_spec(job.model)
@@ -230,7 +263,10 @@ class SiteAgent:
         self._stub.RespondOffer(pb.OfferResponse(ref=ref, accept=accept, refusal_reason=reason or ""),
                                 metadata=self._metadata(), timeout=CALL_TIMEOUT_S)
         if accept:
-            self._accepted[(ref.run_id, ref.round)] = _Accepted(offer, job)
+            accepted = _Accepted(offer, job)
+            self._accepted[(ref.run_id, ref.round)] = accepted
+            if job.secure_aggregation.enabled:
+                self._advertise(accepted)
         else:
             self.outcome.refusals.append(reason or "")
         log_event(log, "offer_answered", run=ref.run_id, round=ref.round, site=self.config.site_id,
@@ -246,27 +282,49 @@ class SiteAgent:
                       site=self.config.site_id, task="submit_input")
             return
         offer, job = accepted.offer, accepted.job
+        global_params = self._download(offer)
+        if global_params is None:
+            return
+        vector, metrics = self.compute_input(job, global_params, offer.evaluate_only, ref.round)
+        self._maybe_drop("input", ref)
+        if list(vector.shape) != list(task.expected.shape):
+            log_event(log, "input_shape_mismatch", logging.ERROR, run=ref.run_id, round=ref.round,
+                      site=self.config.site_id)
+            return
+        self._submit(ref, vector, metrics)
+        self.outcome.rounds_contributed += 0 if offer.evaluate_only else 1
+        log_event(log, "input_sent", run=ref.run_id, round=ref.round, site=self.config.site_id,
+                  phase="masked_input", bytes=int(vector.nbytes),
+                  eval_accuracy=round(metrics.eval_correct / max(metrics.eval_count, 1), 4))
+
+    def _maybe_drop(self, phase: str, ref: pb.RoundRef) -> None:
+        if self.config.drop_at == (phase, ref.round):
+            raise SimulatedDropout(f"dropped at phase {phase} of round {ref.round}")
+
+    def _call(self, method: str, request) -> pb.Ack:
+        assert self._stub is not None
+        return getattr(self._stub, method)(request, metadata=self._metadata(),
+                                           timeout=CALL_TIMEOUT_S)
+
+    def _download(self, offer: pb.Offer) -> np.ndarray | None:
+        """The round's global parameters, checked against the offered spec."""
+        ref = offer.ref
         assert self._stub is not None
         chunks = self._stub.GetParameters(pb.ParametersRequest(ref=ref, chunk_bytes=CHUNK_BYTES),
                                           metadata=self._metadata(),
                                           timeout=CALL_TIMEOUT_S + offer.parameters.nbytes / 5e6)
         try:
-            global_params = assemble(chunks, expected=offer.parameters)
+            return assemble(chunks, expected=offer.parameters)
         except TensorError as exc:
             log_event(log, "bad_parameters", logging.ERROR, run=ref.run_id, round=ref.round,
                       site=self.config.site_id, reason=str(exc))
-            return
-        vector, metrics = self.compute_input(job, global_params, offer.evaluate_only, ref.round)
-        if list(vector.shape) != list(task.expected.shape):
-            log_event(log, "input_shape_mismatch", logging.ERROR, run=ref.run_id, round=ref.round,
-                      site=self.config.site_id)
-            return
+            return None
+
+    def _submit(self, ref: pb.RoundRef, vector: np.ndarray,
+                metrics: pb.PlainMetrics | None) -> None:
+        assert self._stub is not None
         self._stub.SubmitInput(self._input_stream(ref, vector, metrics), metadata=self._metadata(),
                                timeout=CALL_TIMEOUT_S + vector.nbytes / 5e6)
-        self.outcome.rounds_contributed += 0 if offer.evaluate_only else 1
-        log_event(log, "input_sent", run=ref.run_id, round=ref.round, site=self.config.site_id,
-                  phase="masked_input", bytes=int(vector.nbytes),
-                  eval_accuracy=round(metrics.eval_correct / max(metrics.eval_count, 1), 4))
 
     def compute_input(self, job: JobConfig, global_params: np.ndarray, evaluate_only: bool,
                       round_id: int) -> tuple[np.ndarray, pb.PlainMetrics]:
@@ -293,8 +351,11 @@ class SiteAgent:
 
     @staticmethod
     def _input_stream(ref: pb.RoundRef, vector: np.ndarray,
-                      metrics: pb.PlainMetrics) -> Iterator[pb.InputChunk]:
-        yield pb.InputChunk(header=pb.InputHeader(ref=ref, vector=spec_for(vector), metrics=metrics))
+                      metrics: pb.PlainMetrics | None) -> Iterator[pb.InputChunk]:
+        header = pb.InputHeader(ref=ref, vector=spec_for(vector))
+        if metrics is not None:  # plain mode only; secure mode masks them into the vector
+            header.metrics.CopyFrom(metrics)
+        yield pb.InputChunk(header=header)
         data = to_bytes(vector)
         for start in range(0, len(data), CHUNK_BYTES):
             yield pb.InputChunk(data=data[start:start + CHUNK_BYTES])

@@ -52,12 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--identity", required=True, type=Path, help="Ed25519 key (fedtune keys site)")
     a.add_argument("--data", required=True, type=Path, help="local data file (CSV or NPZ)")
     a.add_argument("--policy", required=True, type=Path, help="site policy TOML file")
+    a.add_argument("--peers", type=Path,
+                   help="TOML file with the coordinator's and the peer sites' identity keys, "
+                        "obtained out of band (required for secure aggregation)")
     a.add_argument("--ca-cert", type=Path, help="CA certificate that signed the coordinator's")
     a.add_argument("--tls-cert", type=Path, help="site certificate, for mutual TLS")
     a.add_argument("--tls-key", type=Path, help="site TLS key, for mutual TLS")
     a.add_argument("--insecure", action="store_true",
                    help="connect without TLS (allowed to a loopback coordinator only)")
     a.add_argument("--log-file", type=Path, help="also write the JSON-lines log here")
+    a.add_argument("--drop-at", metavar="PHASE:ROUND",
+                   help="fault injection for tests and scenario replays: vanish without a word "
+                        "at PHASE (advertise, share, input, consistency, unmask) of round ROUND "
+                        "and exit with code 3")
     a.add_argument("--give-up-after", type=float, default=None, metavar="SECONDS",
                    help="stop when the coordinator is unreachable this long (default: never)")
 
@@ -191,6 +198,7 @@ def _site(args: argparse.Namespace) -> int:
     from fedtune import logs
     from fedtune.client.agent import SiteAgent, SiteAgentConfig, TLSFiles
     from fedtune.identity import load_identity
+    from fedtune.peers import load_peers
     from fedtune.policy import load_policy
     from fedtune.transport import is_loopback
 
@@ -204,15 +212,25 @@ def _site(args: argparse.Namespace) -> int:
     try:
         identity = load_identity(args.identity)
         policy = load_policy(args.policy)
+        peers = load_peers(args.peers) if args.peers else None
     except _user_errors() as exc:
         raise CLIError(str(exc)) from None
     if not args.data.is_file():
         raise CLIError(f"{args.data}: data file not found")
     tls = None if args.insecure else TLSFiles(args.ca_cert, args.tls_cert, args.tls_key)
+    drop_at = None
+    if args.drop_at:
+        from fedtune.client.agent import DROP_PHASES
+        phase, _, round_text = args.drop_at.partition(":")
+        if phase not in DROP_PHASES or not round_text.isdigit():
+            raise CLIError(f"--drop-at {args.drop_at!r}: expected PHASE:ROUND with PHASE one of "
+                           f"{', '.join(DROP_PHASES)}")
+        drop_at = (phase, int(round_text))
     logs.configure(args.log_file)
     agent = SiteAgent(SiteAgentConfig(
         coordinator=args.coordinator, site_id=args.site_id, identity=identity,
-        data_path=args.data, policy=policy, tls=tls, give_up_after_s=args.give_up_after))
+        data_path=args.data, policy=policy, tls=tls, give_up_after_s=args.give_up_after,
+        peers=peers, drop_at=drop_at))
 
     def on_signal(signum, frame):
         agent.stop()
@@ -224,6 +242,10 @@ def _site(args: argparse.Namespace) -> int:
         outcome = agent.run()
     except grpc.RpcError as exc:
         raise CLIError(f"coordinator {args.coordinator}: {exc.details()}") from None
+    if outcome.dropped:
+        print(f"fedtune site {args.site_id}: dropped out as instructed (--drop-at)",
+              file=sys.stderr)
+        return 3
     if outcome.finished:
         m = outcome.final_metrics
         print(f"fedtune site {args.site_id}: run finished; contributed to "

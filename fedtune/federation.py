@@ -9,6 +9,7 @@ Example (``fedtune demo`` writes one like it)::
     [coordinator]
     host = "127.0.0.1"
     port = 50051
+    identity = "keys/coordinator.key"  # Ed25519; signs survivor lists (secure aggregation)
     [coordinator.tls]               # optional; omit and pass --insecure on loopback only
     cert = "tls/server.pem"
     key = "tls/server.key"
@@ -63,6 +64,7 @@ class FederationConfig:
     tls: TLSConfig | None
     sites: tuple[SiteEntry, ...]
     job: JobConfig
+    identity: Path | None = None
 
     def site(self, site_id: str) -> SiteEntry | None:
         for entry in self.sites:
@@ -89,6 +91,7 @@ def load_federation(path: str | Path) -> FederationConfig:
     coord = root.sub("coordinator")
     host = coord.string("host", "127.0.0.1")
     port = coord.integer("port", 50051, minimum=0, maximum=65535)
+    identity = _existing(coord, base, "identity") if "identity" in coord.table else None
     tls = None
     if "tls" in coord.table:
         t = coord.sub("tls")
@@ -122,8 +125,13 @@ def load_federation(path: str | Path) -> FederationConfig:
     job = parse_job(root.sub("job", required=True))
     if job.min_sites > len(sites):
         raise ConfigError(p, "job.min_sites", f"{job.min_sites} exceeds the {len(sites)} enrolled sites")
+    if job.secure_aggregation.enabled and identity is None:
+        raise ConfigError(p, "coordinator.identity", "secure aggregation needs the coordinator's "
+                          "Ed25519 identity key (fedtune keys site --site-id coordinator)")
+    if job.secure_aggregation.enabled and job.min_sites < 2:
+        raise ConfigError(p, "job.min_sites", "secure aggregation needs at least 2 sites per round")
     root.reject_unknown()
-    return FederationConfig(p, run_id, run_dir, host, port, tls, tuple(sites), job)
+    return FederationConfig(p, run_id, run_dir, host, port, tls, tuple(sites), job, identity)
 
 
 def _existing(fields: Fields, base: Path, key: str) -> Path:

@@ -63,10 +63,18 @@ class SiteLevelDPConfig:
 
 @dataclass(frozen=True)
 class SecureAggregationConfig:
+    """SecAgg+ (Bell et al. 2020) with the malicious-server checks of Bonawitz et al. 2017."""
+
     enabled: bool = False
+    #: Shamir threshold t; 0 means more than half of the sites that advertise keys.
     threshold: int = 0
+    #: neighbour-graph degree; 0 means about 2·log2(n), even, at least t.
     neighbours: int = 0
     bits: int = 32
+    #: each coordinate of a site's (unweighted) update is clipped to ±value_range.
+    value_range: float = 1.0
+    #: per-example loss bound inside the securely aggregated metrics.
+    loss_bound: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,11 @@ class Deadlines:
     #: once ``min_sites`` are connected, how long to wait for the other enrolled sites.
     gather: float = 5.0
     offer: float = 30.0
+    #: secure aggregation: advertising keys, and sharing them, each
+    keys: float = 30.0
     input: float = 300.0
+    #: secure aggregation: the consistency check, and the unmasking, each
+    unmask: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -156,7 +168,9 @@ def parse_job(job: Fields) -> JobConfig:
         enabled=a.boolean("enabled", False),
         threshold=a.integer("threshold", 0, minimum=0),
         neighbours=a.integer("neighbours", 0, minimum=0),
-        bits=a.integer("bits", 32, minimum=8, maximum=62),
+        bits=a.integer("bits", 32, minimum=16, maximum=62),
+        value_range=a.number("value_range", 1.0, minimum=0.0, exclusive_minimum=True),
+        loss_bound=a.number("loss_bound", 20.0, minimum=0.0, exclusive_minimum=True),
     )
     a.reject_unknown()
     o = job.sub("server_optimizer")
@@ -172,7 +186,9 @@ def parse_job(job: Fields) -> JobConfig:
     deadlines = Deadlines(
         gather=d.number("gather", 5.0, minimum=0.0),
         offer=d.number("offer", 30.0, minimum=0.0, exclusive_minimum=True),
+        keys=d.number("keys", 30.0, minimum=0.0, exclusive_minimum=True),
         input=d.number("input", 300.0, minimum=0.0, exclusive_minimum=True),
+        unmask=d.number("unmask", 30.0, minimum=0.0, exclusive_minimum=True),
     )
     d.reject_unknown()
     config = JobConfig(
@@ -188,10 +204,6 @@ def parse_job(job: Fields) -> JobConfig:
         deadlines=deadlines,
     )
     job.reject_unknown()
-    if secagg.enabled:
-        # The protocol has the secure-aggregation phases (proto/fedtune.proto); the
-        # coordinator and site implementations arrive with the secure-aggregation issue.
-        raise a.error("enabled", "secure aggregation is not implemented yet in this version")
     if site_dp.mode != "none" or record_dp.enabled:
         raise privacy.error("", "differential privacy is not implemented yet in this version")
     return config
@@ -240,6 +252,8 @@ def job_to_proto(job: JobConfig) -> pb.Job:
             threshold=job.secure_aggregation.threshold,
             neighbours=job.secure_aggregation.neighbours,
             bits=job.secure_aggregation.bits,
+            value_range=job.secure_aggregation.value_range,
+            loss_bound=job.secure_aggregation.loss_bound,
         ),
         rounds=job.rounds,
         min_sites=job.min_sites,
@@ -290,6 +304,8 @@ def job_from_proto(message: pb.Job) -> JobConfig:
             threshold=message.secure_aggregation.threshold,
             neighbours=message.secure_aggregation.neighbours,
             bits=message.secure_aggregation.bits,
+            value_range=message.secure_aggregation.value_range,
+            loss_bound=message.secure_aggregation.loss_bound,
         ),
     )
 

@@ -37,6 +37,8 @@ class LocalFederation:
     run_dir: Path
     port: int
     sites: list[SiteFiles] = field(default_factory=list)
+    #: identity keys every site trusts: the coordinator's and the sites' (``--peers``)
+    peers: Path | None = None
 
     @property
     def address(self) -> str:
@@ -88,7 +90,8 @@ def _is_table_list(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
-def default_job(model: dict[str, Any], rounds: int, min_sites: int) -> dict[str, Any]:
+def default_job(model: dict[str, Any], rounds: int, min_sites: int,
+                secure: bool = True) -> dict[str, Any]:
     return {
         "job_id": "demo",
         "rounds": rounds,
@@ -97,7 +100,9 @@ def default_job(model: dict[str, Any], rounds: int, min_sites: int) -> dict[str,
         "training": {"local_epochs": 2, "batch_size": 32, "learning_rate": 0.05,
                      "optimizer": "sgd", "momentum": 0.9, "eval_fraction": 0.2, "seed": 0},
         "server_optimizer": {"name": "fedavg", "learning_rate": 1.0},
-        "deadlines": {"gather": 3.0, "offer": 30.0, "input": 120.0},
+        "deadlines": {"gather": 3.0, "offer": 30.0, "keys": 30.0, "input": 120.0,
+                      "unmask": 30.0},
+        "secure_aggregation": {"enabled": secure},
     }
 
 
@@ -110,7 +115,8 @@ def prepare(root: Path, *, dataset: str = "digits", n_sites: int = 3, rounds: in
     manifest = write_split(dataset, n_sites, partition, alpha, seed, root / "data")
     port = port or free_port()
     fed = LocalFederation(root=root, federation=root / "federation.toml", run_dir=root / "run",
-                          port=port)
+                          port=port, peers=root / "peers.toml")
+    _, coordinator_pub = write_identity(root / "keys", "coordinator", force=True)
     policy_table = policy or {"policy": {"allowed_models": ["tabular-mlp", "image-cnn"],
                                          "max_rounds": 100}}
     for i, site in enumerate(manifest["sites"], start=1):
@@ -122,9 +128,15 @@ def prepare(root: Path, *, dataset: str = "digits", n_sites: int = 3, rounds: in
         fed.sites.append(SiteFiles(site_id, key, pub.read_text().strip(),
                                    root / "data" / site["file"], policy_path))
     job_table = job or default_job(manifest["model"], rounds, min_sites=min(2, n_sites))
+    assert fed.peers is not None
+    fed.peers.write_text(toml_dumps({
+        "coordinator": {"public_key": coordinator_pub.read_text().strip()},
+        "sites": [{"id": s.site_id, "public_key": s.public_key} for s in fed.sites],
+    }))
     fed.federation.write_text(toml_dumps({
         "federation": {"run_dir": "run"},
-        "coordinator": {"host": "127.0.0.1", "port": port},
+        "coordinator": {"host": "127.0.0.1", "port": port,
+                        "identity": "keys/coordinator.key"},
         "sites": [{"id": s.site_id, "public_key": s.public_key} for s in fed.sites],
         "job": job_table,
     }))
@@ -154,7 +166,8 @@ def start_site(fed: LocalFederation, site: SiteFiles, log_name: str | None = Non
         return subprocess.Popen(
             [sys.executable, "-m", "fedtune", "site", "--coordinator", fed.address,
              "--site-id", site.site_id, "--identity", str(site.key), "--data", str(site.data),
-             "--policy", str(site.policy), "--insecure", *(extra or [])],
+             "--policy", str(site.policy), "--peers", str(fed.peers), "--insecure",
+             *(extra or [])],
             stdout=out, stderr=subprocess.STDOUT, env=_env())
 
 

@@ -48,3 +48,22 @@ def verify(public_key: Ed25519PublicKey, signature: bytes, message: bytes) -> No
         public_key.verify(signature, message)
     except InvalidSignature:
         raise SignatureError("signature does not verify") from None
+
+
+ADVERTISE_DOMAIN = b"fedtune/v1/advertise-keys"
+SURVIVORS_DOMAIN = b"fedtune/v1/survivors"
+
+
+def advertisement_statement(advertisement: bytes) -> bytes:
+    """What a site signs over its round keys (the deterministic KeyAdvertisement bytes)."""
+    return statement(ADVERTISE_DOMAIN, advertisement)
+
+
+def survivors_statement(run_id: str, round_id: int, survivors: list[str],
+                        dropouts: list[str]) -> bytes:
+    """The survivor and dropout lists of one round, as the coordinator and the sites sign them.
+
+    Lists are sorted, so two parties agree on the statement exactly when they agree on the sets.
+    """
+    return statement(SURVIVORS_DOMAIN, run_id.encode(), str(round_id).encode(),
+                     "\n".join(sorted(survivors)).encode(), "\n".join(sorted(dropouts)).encode())

@@ -15,6 +15,7 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_MASKED_INPUT: _ClassVar[Phase]
     PHASE_UNMASK: _ClassVar[Phase]
     PHASE_AGGREGATE: _ClassVar[Phase]
+    PHASE_CONSISTENCY_CHECK: _ClassVar[Phase]
 PHASE_UNSPECIFIED: Phase
 PHASE_OFFER: Phase
 PHASE_ADVERTISE_KEYS: Phase
@@ -22,6 +23,7 @@ PHASE_SHARE_KEYS: Phase
 PHASE_MASKED_INPUT: Phase
 PHASE_UNMASK: Phase
 PHASE_AGGREGATE: Phase
+PHASE_CONSISTENCY_CHECK: Phase
 
 class RoundRef(_message.Message):
     __slots__ = ("run_id", "round")
@@ -170,16 +172,20 @@ class PrivacySpec(_message.Message):
     def __init__(self, record_level: _Optional[_Union[RecordLevelDP, _Mapping]] = ..., site_level: _Optional[_Union[SiteLevelDP, _Mapping]] = ...) -> None: ...
 
 class SecureAggregationSpec(_message.Message):
-    __slots__ = ("enabled", "threshold", "neighbours", "bits")
+    __slots__ = ("enabled", "threshold", "neighbours", "bits", "value_range", "loss_bound")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     BITS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_RANGE_FIELD_NUMBER: _ClassVar[int]
+    LOSS_BOUND_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     threshold: int
     neighbours: int
     bits: int
-    def __init__(self, enabled: bool = ..., threshold: _Optional[int] = ..., neighbours: _Optional[int] = ..., bits: _Optional[int] = ...) -> None: ...
+    value_range: float
+    loss_bound: float
+    def __init__(self, enabled: bool = ..., threshold: _Optional[int] = ..., neighbours: _Optional[int] = ..., bits: _Optional[int] = ..., value_range: _Optional[float] = ..., loss_bound: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "model", "training", "privacy", "secure_aggregation", "rounds", "min_sites")
@@ -206,7 +212,7 @@ class PollRequest(_message.Message):
     def __init__(self, wait_ms: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("wait", "offer", "share_keys", "submit_input", "unmask", "round_result", "finished")
+    __slots__ = ("wait", "offer", "share_keys", "submit_input", "unmask", "round_result", "finished", "consistency")
     WAIT_FIELD_NUMBER: _ClassVar[int]
     OFFER_FIELD_NUMBER: _ClassVar[int]
     SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +220,7 @@ class Task(_message.Message):
     UNMASK_FIELD_NUMBER: _ClassVar[int]
     ROUND_RESULT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     wait: Wait
     offer: Offer
     share_keys: ShareKeysTask
@@ -221,7 +228,8 @@ class Task(_message.Message):
     unmask: UnmaskTask
     round_result: RoundResult
     finished: Finished
-    def __init__(self, wait: _Optional[_Union[Wait, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeysTask, _Mapping]] = ..., submit_input: _Optional[_Union[SubmitInputTask, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskTask, _Mapping]] = ..., round_result: _Optional[_Union[RoundResult, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ...) -> None: ...
+    consistency: ConsistencyTask
+    def __init__(self, wait: _Optional[_Union[Wait, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeysTask, _Mapping]] = ..., submit_input: _Optional[_Union[SubmitInputTask, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskTask, _Mapping]] = ..., round_result: _Optional[_Union[RoundResult, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., consistency: _Optional[_Union[ConsistencyTask, _Mapping]] = ...) -> None: ...
 
 class Wait(_message.Message):
     __slots__ = ("retry_after_ms", "reason")
@@ -373,7 +381,7 @@ class SignedSurvivors(_message.Message):
     signature: bytes
     def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., survivors: _Optional[_Iterable[str]] = ..., dropouts: _Optional[_Iterable[str]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
-class UnmaskTask(_message.Message):
+class ConsistencyTask(_message.Message):
     __slots__ = ("ref", "lists", "deadline")
     REF_FIELD_NUMBER: _ClassVar[int]
     LISTS_FIELD_NUMBER: _ClassVar[int]
@@ -382,6 +390,28 @@ class UnmaskTask(_message.Message):
     lists: SignedSurvivors
     deadline: float
     def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., lists: _Optional[_Union[SignedSurvivors, _Mapping]] = ..., deadline: _Optional[float] = ...) -> None: ...
+
+class SurvivorConfirmation(_message.Message):
+    __slots__ = ("ref", "site_id", "signature")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ref: RoundRef
+    site_id: str
+    signature: bytes
+    def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., site_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class UnmaskTask(_message.Message):
+    __slots__ = ("ref", "lists", "deadline", "confirmations")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    LISTS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    ref: RoundRef
+    lists: SignedSurvivors
+    deadline: float
+    confirmations: _containers.RepeatedCompositeFieldContainer[SurvivorConfirmation]
+    def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., lists: _Optional[_Union[SignedSurvivors, _Mapping]] = ..., deadline: _Optional[float] = ..., confirmations: _Optional[_Iterable[_Union[SurvivorConfirmation, _Mapping]]] = ...) -> None: ...
 
 class RevealedShare(_message.Message):
     __slots__ = ("of_site", "kind", "share")
@@ -394,14 +424,12 @@ class RevealedShare(_message.Message):
     def __init__(self, of_site: _Optional[str] = ..., kind: _Optional[str] = ..., share: _Optional[bytes] = ...) -> None: ...
 
 class UnmaskShares(_message.Message):
-    __slots__ = ("ref", "shares", "lists_signature")
+    __slots__ = ("ref", "shares")
     REF_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
-    LISTS_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     ref: RoundRef
     shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
-    lists_signature: bytes
-    def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., lists_signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ...) -> None: ...
 
 class AggregateMetrics(_message.Message):
     __slots__ = ("train_loss", "eval_loss", "eval_accuracy", "eval_count", "train_count")

@@ -74,6 +74,11 @@ class CoordinatorStub(object):
                 request_serializer=fedtune_dot_proto_dot_fedtune__pb2.InputChunk.SerializeToString,
                 response_deserializer=fedtune_dot_proto_dot_fedtune__pb2.Ack.FromString,
                 _registered_method=True)
+        self.ConfirmSurvivors = channel.unary_unary(
+                '/fedtune.v1.Coordinator/ConfirmSurvivors',
+                request_serializer=fedtune_dot_proto_dot_fedtune__pb2.SurvivorConfirmation.SerializeToString,
+                response_deserializer=fedtune_dot_proto_dot_fedtune__pb2.Ack.FromString,
+                _registered_method=True)
         self.Unmask = channel.unary_unary(
                 '/fedtune.v1.Coordinator/Unmask',
                 request_serializer=fedtune_dot_proto_dot_fedtune__pb2.UnmaskShares.SerializeToString,
@@ -143,9 +148,15 @@ class CoordinatorServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Unmask(self, request, context):
-        """Phase 5 (secure aggregation).
+    def ConfirmSurvivors(self, request, context):
+        """Phase 5 (secure aggregation): the consistency check, then the reveal of shares.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unmask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -198,6 +209,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
             'SubmitInput': grpc.stream_unary_rpc_method_handler(
                     servicer.SubmitInput,
                     request_deserializer=fedtune_dot_proto_dot_fedtune__pb2.InputChunk.FromString,
+                    response_serializer=fedtune_dot_proto_dot_fedtune__pb2.Ack.SerializeToString,
+            ),
+            'ConfirmSurvivors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmSurvivors,
+                    request_deserializer=fedtune_dot_proto_dot_fedtune__pb2.SurvivorConfirmation.FromString,
                     response_serializer=fedtune_dot_proto_dot_fedtune__pb2.Ack.SerializeToString,
             ),
             'Unmask': grpc.unary_unary_rpc_method_handler(
@@ -426,6 +442,33 @@ class Coordinator(object):
             target,
             '/fedtune.v1.Coordinator/SubmitInput',
             fedtune_dot_proto_dot_fedtune__pb2.InputChunk.SerializeToString,
+            fedtune_dot_proto_dot_fedtune__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmSurvivors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtune.v1.Coordinator/ConfirmSurvivors',
+            fedtune_dot_proto_dot_fedtune__pb2.SurvivorConfirmation.SerializeToString,
             fedtune_dot_proto_dot_fedtune__pb2.Ack.FromString,
             options,
             channel_credentials,

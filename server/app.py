@@ -21,6 +21,7 @@ from fedtune.federation import FederationConfig, TLSConfig
 from fedtune.logs import log_event
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.proto import fedtune_pb2_grpc as pb_grpc
+from fedtune.server.behaviour import HonestBehaviour
 from fedtune.server.coordinator import Coordinator
 from fedtune.server.servicer import CoordinatorServicer
 from fedtune.transport import MAX_MESSAGE_BYTES, is_loopback
@@ -71,7 +72,8 @@ class RunningCoordinator:
 
 
 def start(config: FederationConfig, *, host: str | None = None, port: int | None = None,
-          insecure: bool = False, run_dir: Path | None = None) -> RunningCoordinator:
+          insecure: bool = False, run_dir: Path | None = None,
+          behaviour: HonestBehaviour | None = None) -> RunningCoordinator:
     """Start serving and the run loop in the background; return handles to both."""
     host = host or config.host
     port = config.port if port is None else port
@@ -81,7 +83,7 @@ def start(config: FederationConfig, *, host: str | None = None, port: int | None
             "(allowed on a loopback address only)")
     if insecure and not is_loopback(host):  # also when TLS is configured but --insecure skips it
         raise InsecureNotAllowed(f"--insecure is allowed only on loopback, not on {host!r}")
-    coordinator = Coordinator(config, run_dir=run_dir)
+    coordinator = Coordinator(config, run_dir=run_dir, behaviour=behaviour)
     workers = max(16, 4 * len(config.sites) + 8)  # each site holds a long poll
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                     thread_name_prefix="fedtune-rpc"),

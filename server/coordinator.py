@@ -26,15 +26,19 @@ import numpy as np
 
 from fedtune import models
 from fedtune.federation import FederationConfig
+from fedtune.identity import load_identity
 from fedtune.job import job_digest, job_to_proto
 from fedtune.logs import log_event
+from fedtune.privacy.secagg import SecAggError
 from fedtune.privacy.signatures import SignatureError, auth_statement, public_key_from_raw, verify
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.server import checkpoint as ckpt
 from fedtune.server.aggregation import WeightedSum
+from fedtune.server.behaviour import HonestBehaviour
 from fedtune.server.errors import invalid, precondition, unauthenticated
 from fedtune.server.optimisers import ServerOptimizer
 from fedtune.server.round_state import RoundState, SiteInput
+from fedtune.server.secure_phases import SecurePhasesMixin, SecureSum
 from fedtune.tensor_codec import spec_for, to_bytes
 
 log = logging.getLogger("fedtune.server")
@@ -60,12 +64,15 @@ class _SiteLiveness:
     last_refusal: str = ""
 
 
-class Coordinator:
+class Coordinator(SecurePhasesMixin):
     """Round state machine and request handling for one run (one job)."""
 
     def __init__(self, config: FederationConfig, run_dir: Path | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 behaviour: HonestBehaviour | None = None) -> None:
         self.config = config
+        self.behaviour = behaviour or HonestBehaviour()
+        self._identity = load_identity(config.identity) if config.identity else None
         self.job = config.job
         self.run_dir = run_dir or config.run_dir
         self.clock = clock
@@ -259,12 +266,16 @@ class Coordinator:
                 ref=r.ref, job=self.job_proto, job_digest=self.job_digest,
                 parameters=self.params_spec, evaluate_only=r.evaluate_only,
                 round_seed=self._round_seed, deadline=r.deadline))
+        if r.secure:
+            return self._secure_task_for(site, r)
         if r.awaiting_input(site):
             return pb.Task(submit_input=pb.SubmitInputTask(
                 ref=r.ref, expected=self._expected_input(r), deadline=r.deadline))
         return None
 
     def _expected_input(self, r: RoundState) -> pb.TensorSpec:
+        if r.secure:
+            return self._secure_expected_input(r)
         size = 0 if r.evaluate_only else self.params.size
         return pb.TensorSpec(dtype="<f4", shape=[size], nbytes=4 * size)
 
@@ -291,13 +302,16 @@ class Coordinator:
             r.may_download(site)
             return self.params_spec, self.params_bytes
 
-    def input_spec_for(self, site: str, ref: pb.RoundRef) -> pb.TensorSpec:
-        """Check, before a byte of the vector is read, that this site may submit now."""
+    def input_spec_for(self, site: str, ref: pb.RoundRef) -> tuple[pb.TensorSpec, bool]:
+        """Check, before a byte of the vector is read, that this site may submit now.
+
+        Returns the expected layout and whether the round is secure (masked input).
+        """
         with self._cond:
             r = self._current_round()
             r.check_ref(ref)
             r.check_input_allowed(site)
-            return self._expected_input(r)
+            return self._expected_input(r), r.secure
 
     def submit_input(self, site: str, ref: pb.RoundRef, vector: np.ndarray,
                      metrics: pb.PlainMetrics) -> None:
@@ -306,6 +320,9 @@ class Coordinator:
         with self._cond:
             r = self._current_round()
             r.check_ref(ref)
+            if r.secure:
+                raise invalid("this round uses secure aggregation: send a masked vector "
+                              "without plaintext metrics")
             if r.evaluate_only and metrics.weight != 0:
                 raise invalid("an evaluation-only round carries no update weight")
             if not r.evaluate_only and metrics.weight <= 0:
@@ -399,13 +416,14 @@ class Coordinator:
         round_id = self._claim_round_id()
         self._round_seed = secrets.token_bytes(32)
         d = self.job.deadlines
+        secure = self.job.secure_aggregation.enabled
         with self._cond:
             r = RoundState(self.run_id, round_id, evaluate_only, participants,
-                           deadline=self.clock() + d.offer)
+                           deadline=self.clock() + d.offer, secure=secure)
             self._round = r
             log_event(log, "round_started", run=self.run_id, round=round_id, phase="offer",
                       participants=sorted(participants), evaluate_only=evaluate_only,
-                      params_sha256=self.params_spec.sha256.hex(),
+                      params_sha256=self.params_spec.sha256.hex(), secure=secure,
                       training_round=self.completed_rounds + (0 if evaluate_only else 1))
             self._cond.notify_all()
             self._wait_until(r.offer_complete, r.deadline)
@@ -414,34 +432,36 @@ class Coordinator:
             if len(r.accepted) < self.job.min_sites:
                 return self._abort(r, f"{len(r.accepted)} of {len(participants)} sites accepted "
                                       f"(minimum {self.job.min_sites})")
-            r.start_input(self.clock() + d.input)
-            log_event(log, "phase_started", run=self.run_id, round=round_id, phase="masked_input",
-                      accepted=sorted(r.accepted))
-            self._cond.notify_all()
-            self._wait_until(r.inputs_complete, r.deadline)
-            if self._stop.is_set():
-                return False
-            dropouts = r.dropouts()
-            for site in dropouts:
-                log_event(log, "site_dropped", logging.WARNING, run=self.run_id, round=round_id,
-                          site=site, phase="masked_input")
-            if len(r.inputs) < self.job.min_sites:
-                return self._abort(r, f"{len(r.inputs)} sites delivered input "
-                                      f"(minimum {self.job.min_sites})")
-            r.phase = pb.PHASE_AGGREGATE  # from here on no request can change the round
-            inputs = list(r.inputs.values())
-            contributors = sorted(r.inputs)
+            if secure:
+                outcome = self._run_secure_phases(r)
+                if self._stop.is_set():
+                    return False
+                if isinstance(outcome, str):
+                    return self._abort(r, outcome)
+            else:
+                outcome = self._run_plain_input_phase(r)
+                if self._stop.is_set():
+                    return False
+                if isinstance(outcome, str):
+                    return self._abort(r, outcome)
         # Aggregate and checkpoint outside the lock: status and polls keep being answered.
-        summed = WeightedSum(0 if evaluate_only else self.params.size)
-        for site_input in inputs:
-            summed.add(site_input.vector, site_input.metrics)
-        metrics = summed.metrics.aggregate()
-        summary = pb.RoundSummary(round=round_id, contributors=len(inputs), metrics=metrics,
+        if isinstance(outcome, SecureSum):
+            try:
+                update_sum, metric_sums = outcome.unmask()
+            except SecAggError as exc:
+                return self._abort(r, f"unmasking failed: {exc}")
+            contributors, dropouts = outcome.survivors, outcome.dropouts
+        else:
+            update_sum, metric_sums, contributors, dropouts = outcome
+        metrics = _aggregate_metrics(metric_sums)
+        summary = pb.RoundSummary(round=round_id, contributors=len(contributors), metrics=metrics,
                                   evaluate_only=evaluate_only)
         if evaluate_only:
             self.final_metrics = metrics
         else:
-            self._set_params(self.optimiser.step(self.params, summed.mean_delta()))
+            if metric_sums.weight <= 0:
+                return self._abort(r, "the aggregate carries no weight")
+            self._set_params(self.optimiser.step(self.params, update_sum / metric_sums.weight))
             self.completed_rounds += 1
         # the checkpoint is on disk before anyone is told the round completed
         self._checkpoint(self.history + [summary])
@@ -452,21 +472,49 @@ class Coordinator:
             result = pb.RoundResult(ref=r.ref, contributors=contributors, metrics=metrics)
             self._finish_round(r, result)
         log_event(log, "round_completed", run=self.run_id, round=round_id,
-                  phase="aggregate", contributors=len(inputs), dropouts=dropouts,
+                  phase="aggregate", contributors=len(contributors), dropouts=dropouts,
                   completed_rounds=self.completed_rounds, evaluate_only=evaluate_only,
-                  eval_accuracy=round(metrics.eval_accuracy, 4),
+                  secure=secure, eval_accuracy=round(metrics.eval_accuracy, 4),
                   eval_loss=round(metrics.eval_loss, 4),
                   train_loss=round(metrics.train_loss, 4))
         return True
 
+    def _run_plain_input_phase(self, r: RoundState):
+        """Plain mode: collect the inputs; (Σ w·Δ, metric sums, contributors, dropouts)."""
+        r.start_input(self.clock() + self.job.deadlines.input)
+        log_event(log, "phase_started", run=self.run_id, round=r.round_id, phase="masked_input",
+                  accepted=sorted(r.accepted))
+        self._cond.notify_all()
+        self._wait_until(r.inputs_complete, r.deadline)
+        dropouts = r.dropouts()
+        for site in dropouts:
+            log_event(log, "site_dropped", logging.WARNING, run=self.run_id, round=r.round_id,
+                      site=site, phase="masked_input")
+        if len(r.inputs) < self.job.min_sites:
+            return f"{len(r.inputs)} sites delivered input (minimum {self.job.min_sites})"
+        r.phase = pb.PHASE_AGGREGATE  # from here on no request can change the round
+        summed = WeightedSum(0 if r.evaluate_only else self.params.size)
+        for site_input in r.inputs.values():
+            summed.add(site_input.vector, site_input.metrics)
+        sums = summed.metrics
+        metric_sums = pb.PlainMetrics(
+            train_loss_sum=sums.train_loss_sum, eval_loss_sum=sums.eval_loss_sum,
+            eval_correct=sums.eval_correct, eval_count=sums.eval_count,
+            train_count=sums.train_count, weight=sums.weight)
+        return summed.total, metric_sums, sorted(r.inputs), dropouts
+
     def _abort(self, r: RoundState, reason: str) -> bool:
         """Release nothing: the global model, optimiser and checkpoint stay as they were."""
+        with self._cond:
+            self._abort_locked(r, reason)
+        return False
+
+    def _abort_locked(self, r: RoundState, reason: str) -> None:
         self.history.append(pb.RoundSummary(round=r.round_id, aborted=True, abort_reason=reason,
                                             evaluate_only=r.evaluate_only))
         log_event(log, "round_aborted", logging.WARNING, run=self.run_id, round=r.round_id,
                   phase=r.phase_name, reason=reason)
         self._finish_round(r, pb.RoundResult(ref=r.ref, aborted=True, abort_reason=reason))
-        return False
 
     def _finish_round(self, r: RoundState, result: pb.RoundResult) -> None:
         r.result = result
@@ -474,6 +522,17 @@ class Coordinator:
             self._pending_results[site] = result
         self._round = None
         self._cond.notify_all()
+
+
+def _aggregate_metrics(m: pb.PlainMetrics) -> pb.AggregateMetrics:
+    """Means from the metric sums (the only per-round metrics anyone sees)."""
+    return pb.AggregateMetrics(
+        train_loss=m.train_loss_sum / m.train_count if m.train_count else 0.0,
+        eval_loss=m.eval_loss_sum / m.eval_count if m.eval_count else 0.0,
+        eval_accuracy=min(1.0, m.eval_correct / m.eval_count) if m.eval_count else 0.0,
+        eval_count=m.eval_count,
+        train_count=m.train_count,
+    )
 
 
 def _check_metrics(m: pb.PlainMetrics, max_examples: int) -> None:

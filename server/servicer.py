@@ -7,6 +7,7 @@ with a message. A refused request is logged and changes nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 
@@ -22,6 +23,24 @@ from fedtune.tensor_codec import CHUNK_BYTES, TensorAssembler, TensorError, iter
 log = logging.getLogger("fedtune.server.rpc")
 
 SESSION_METADATA = "fedtune-session"
+
+
+def _guarded(method):
+    """Turn an unexpected exception into INTERNAL (logged with its traceback), not UNKNOWN."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception:
+            if context.code() is not None:  # context.abort() already set the status
+                raise
+            log.exception("internal error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL,
+                          f"{method.__name__}: internal error in the coordinator (logged)")
+            raise
+
+    return wrapper
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
@@ -48,6 +67,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     # -- authentication --------------------------------------------------------------------
 
+    @_guarded
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.Challenge:
         try:
             return self.c.hello(request.site_id)
@@ -55,6 +75,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             self._refuse(context, "Hello", exc, request.site_id)
             raise  # unreachable: abort raises
 
+    @_guarded
     def Authenticate(self, request: pb.AuthenticateRequest,
                      context: grpc.ServicerContext) -> pb.Session:
         try:
@@ -65,6 +86,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     # -- tasks -----------------------------------------------------------------------------
 
+    @_guarded
     def PollTask(self, request: pb.PollRequest, context: grpc.ServicerContext) -> pb.Task:
         site = ""
         try:
@@ -78,6 +100,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             self._refuse(context, "PollTask", exc, site)
             raise
 
+    @_guarded
     def RespondOffer(self, request: pb.OfferResponse, context: grpc.ServicerContext) -> pb.Ack:
         site = ""
         try:
@@ -101,6 +124,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         chunk = max(4096, min(chunk, 4 * CHUNK_BYTES))
         yield from iter_raw_chunks(spec, raw, chunk)
 
+    @_guarded
     def SubmitInput(self, request_iterator: Iterator[pb.InputChunk],
                     context: grpc.ServicerContext) -> pb.Ack:
         site = ""
@@ -109,7 +133,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             self.c.call_started(site)
             try:
                 ref, vector, metrics = self._receive_input(site, request_iterator)
-                self.c.submit_input(site, ref, vector, metrics)
+                if metrics is None:
+                    self.c.submit_masked(site, ref, vector)
+                else:
+                    self.c.submit_input(site, ref, vector, metrics)
             finally:
                 self.c.call_ended(site)
             return pb.Ack(message=f"input of round {ref.round} received")
@@ -122,9 +149,12 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise invalid("the first message of SubmitInput must be the header")
         header = first.header
-        if not header.HasField("metrics"):
+        expected, secure = self.c.input_spec_for(site, header.ref)
+        if secure and header.HasField("metrics"):
+            raise invalid("secure mode: metrics travel inside the masked vector, never in the "
+                          "clear")
+        if not secure and not header.HasField("metrics"):
             raise invalid("plain mode: the header must carry metrics")
-        expected = self.c.input_spec_for(site, header.ref)
         try:
             assembler = TensorAssembler(header.vector, expected)
             for chunk in chunks:
@@ -134,34 +164,46 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             vector = assembler.finish()
         except TensorError as exc:
             raise invalid(f"input vector: {exc}") from None
-        return header.ref, vector, header.metrics
+        return header.ref, vector, (None if secure else header.metrics)
 
-    # -- secure aggregation (the secure-aggregation issue implements these phases) ----------
+    # -- secure aggregation ----------------------------------------------------------------
 
-    def _secure_only(self, context: grpc.ServicerContext, method: str) -> None:
+    def _call(self, context: grpc.ServicerContext, method: str, handler) -> pb.Ack:
         site = ""
         try:
             site = self._site(context)
-            raise ProtocolError(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"{method}: this run does not use secure aggregation")
+            self.c.call_started(site)
+            try:
+                handler(site)
+            finally:
+                self.c.call_ended(site)
+            return pb.Ack(message="received")
         except ProtocolError as exc:
             self._refuse(context, method, exc, site)
+            raise
 
+    @_guarded
     def AdvertiseKeys(self, request: pb.SignedKeyAdvertisement,
                       context: grpc.ServicerContext) -> pb.Ack:
-        self._secure_only(context, "AdvertiseKeys")
-        return pb.Ack()
+        return self._call(context, "AdvertiseKeys", lambda s: self.c.advertise_keys(s, request))
 
+    @_guarded
     def ShareKeys(self, request: pb.EncryptedShares, context: grpc.ServicerContext) -> pb.Ack:
-        self._secure_only(context, "ShareKeys")
-        return pb.Ack()
+        return self._call(context, "ShareKeys", lambda s: self.c.share_keys(s, request))
 
+    @_guarded
+    def ConfirmSurvivors(self, request: pb.SurvivorConfirmation,
+                         context: grpc.ServicerContext) -> pb.Ack:
+        return self._call(context, "ConfirmSurvivors",
+                          lambda s: self.c.confirm_survivors(s, request))
+
+    @_guarded
     def Unmask(self, request: pb.UnmaskShares, context: grpc.ServicerContext) -> pb.Ack:
-        self._secure_only(context, "Unmask")
-        return pb.Ack()
+        return self._call(context, "Unmask", lambda s: self.c.unmask(s, request))
 
     # -- operators ---------------------------------------------------------------------------
 
+    @_guarded
     def GetStatus(self, request: pb.StatusRequest,
                   context: grpc.ServicerContext) -> pb.FederationStatus:
         return self.c.status()

@@ -67,7 +67,7 @@ def tls_table(tls_dir: Path, mutual: bool) -> dict[str, str]:
 def training_federation(root: Path, tls: dict[str, str]) -> lf.LocalFederation:
     """One site with real data, a one-round job, and a federation file that asks for TLS."""
     model = {"id": "tabular-mlp", "input_dim": 30, "num_classes": 2, "hidden": 8}
-    job = lf.default_job(model, rounds=1, min_sites=1)
+    job = lf.default_job(model, rounds=1, min_sites=1, secure=False)
     job["training"]["local_epochs"] = 1
     fed = lf.prepare(root, dataset="breast-cancer", n_sites=1, rounds=1, job=job)
     tables = {

@@ -65,7 +65,9 @@ def test_site_killed_mid_round_the_round_completes_and_the_site_rejoins(fed_fact
 
     # the victim accepted round 2 and is training on its (slow) data: kill it now
     started = wait_for_event(log, lambda e: e["event"] == "phase_started"
-                             and e["round"] == 2 and victim.site_id in e["accepted"], 90, [server])
+                             and e["phase"] == "masked_input" and e["round"] == 2
+                             and victim.site_id in e.get("sites", e.get("accepted", [])),
+                             90, [server])
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     killed_round = started["round"]

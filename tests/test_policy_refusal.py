@@ -15,7 +15,7 @@ from fedtune.server import app
 def test_a_refused_job_is_recorded_with_the_sites_reason(tmp_path, caplog):
     fed = lf.prepare(tmp_path, n_sites=3, rounds=1)
     job = lf.default_job({"id": "image-cnn", "num_classes": 10, "image_shape": [1, 8, 8]},
-                         rounds=1, min_sites=2)
+                         rounds=1, min_sites=2, secure=False)
     job["deadlines"] = {"gather": 0.5, "offer": 10.0, "input": 30.0}
     text = fed.federation.read_text()
     fed.federation.write_text(text[:text.index("[job]")] + lf.toml_dumps({"job": job}))

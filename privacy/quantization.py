@@ -1,0 +1,127 @@
+"""Fixed-point quantisation with stochastic rounding into Z_(2^b), and back.
+
+Secure aggregation sums integers modulo 2^b (Bonawitz et al. 2017, §3), so a float update
+is scaled, rounded to an integer and stored as a two's-complement residue. Rounding is
+stochastic — ``floor(v) + Bernoulli(v - floor(v))`` — which is unbiased, ``E[q] = v``, as in
+the quantisation used with secure aggregation and distributed DP by Kairouz, Liu and Steinke,
+"The Distributed Discrete Gaussian Mechanism for Federated Learning with Secure
+Aggregation", ICML 2021, §4 (conditional randomised rounding without the re-draw), and
+Agarwal et al. 2021 (Skellam).
+
+Error bound. For one coordinate, ``|q - x·scale| < 1``, so ``|dequantize(q) - x| < 1/scale``.
+For a modular sum of ``n`` quantised vectors that did not wrap, the dequantised sum is
+within ``n/scale`` of the float sum in every coordinate (and its error has mean 0 and
+variance at most ``n/(4·scale^2)``).
+
+No wrap. If each of ``n`` summands has ``|x| <= bound`` (the caller clips), each
+``|q| <= ceil(bound·scale) < bound·scale + 1``, so the signed sum stays within
+``±n·(bound·scale + 1)``. :func:`scale_for` picks the largest scale with
+``n·(bound·scale + 1) <= 2^(b-1) - 1``, so the sum is always read back correctly.
+
+Randomness for rounding comes in as an explicit ``numpy.random.Generator``; rounding noise is
+not a secret (masks hide the result), so a statistical generator is appropriate here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+MIN_BITS = 2  # one sign bit and at least one magnitude bit
+MAX_BITS = 62  # values and sums stay exact in int64 / uint64
+# scale_for shrinks its result by this relative margin so that float rounding in x·scale can
+# never push a coordinate across an integer the exact bound allows (costs 2^-40 resolution).
+_FLOAT_MARGIN = 1.0 - 2.0**-40
+
+U64Array = npt.NDArray[np.uint64]
+F64Array = npt.NDArray[np.float64]
+
+
+class QuantizationError(ValueError):
+    """Parameters leave no room for the sum, or a value is out of the representable range."""
+
+
+def scale_for(n_summands: int, bound: float, bits: int) -> float:
+    """The largest scale at which a sum of ``n_summands`` quantised values, each from
+    ``[-bound, bound]``, cannot wrap in Z_(2^bits): ``n·(bound·scale + 1) <= 2^(bits-1) - 1``.
+
+    Raises :class:`QuantizationError` when that scale would be below 1 (a quantisation step
+    coarser than one unit of the input), naming the smallest ``bits`` that would do.
+    """
+    _check_bits(bits)
+    if isinstance(n_summands, bool) or n_summands < 1:
+        raise QuantizationError(f"n_summands must be an integer >= 1, got {n_summands!r}")
+    if not (math.isfinite(bound) and bound > 0):
+        raise QuantizationError(f"bound must be a finite number > 0, got {bound!r}")
+    scale = _raw_scale(n_summands, bound, bits)
+    if scale < 1.0:
+        enough = [b for b in range(bits + 1, MAX_BITS + 1) if _raw_scale(n_summands, bound, b) >= 1]
+        fix = f"increase bits to at least {enough[0]}" if enough else "bits cannot be raised enough"
+        raise QuantizationError(
+            f"bits={bits} leaves a scale of {scale:.3g} < 1 for {n_summands} summands bounded "
+            f"by {bound}: {fix}, or reduce n_summands or the clipping bound"
+        )
+    return scale
+
+
+def quantize(x: npt.ArrayLike, scale: float, bits: int, rng: np.random.Generator) -> U64Array:
+    """Scale ``x``, round stochastically (unbiased), and encode as two's complement mod
+    2^bits (uint64).
+
+    The caller clips ``x`` to the bound given to :func:`scale_for`; this function only checks
+    that each coordinate fits on its own (``|x|·scale + 1 <= 2^(bits-1) - 1``) and raises
+    :class:`QuantizationError` otherwise, or for non-finite values.
+    """
+    _check_bits(bits)
+    _check_scale(scale)
+    values = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise QuantizationError("cannot quantise NaN or infinite values")
+    scaled = values * scale
+    limit = 2 ** (bits - 1) - 1
+    peak = float(np.max(np.abs(scaled))) if scaled.size else 0.0
+    if peak + 1.0 > limit:
+        raise QuantizationError(
+            f"|x|·scale reaches {peak:.6g}, beyond what {bits} bits hold after rounding "
+            f"({limit - 1}); clip x to the bound used for the scale, or lower the scale"
+        )
+    floor = np.floor(scaled)
+    round_up = rng.random(scaled.shape) < (scaled - floor)
+    signed = floor.astype(np.int64) + round_up.astype(np.int64)
+    # int64 -> uint64 reinterprets negatives as two's complement mod 2^64; reduce to 2^bits.
+    encoded = signed.astype(np.uint64)
+    encoded &= np.uint64((1 << bits) - 1)
+    return encoded
+
+
+def dequantize(q: U64Array, scale: float, bits: int) -> F64Array:
+    """Decode residues mod 2^bits (one quantised vector or the modular sum of several) to
+    floats: values ``>= 2^(bits-1)`` are negative (two's complement), then divide by scale."""
+    _check_bits(bits)
+    _check_scale(scale)
+    if not isinstance(q, np.ndarray) or q.dtype != np.uint64:
+        dtype = getattr(q, "dtype", type(q).__name__)
+        raise QuantizationError(f"dequantize expects a uint64 numpy array, got {dtype}")
+    modulus = 1 << bits
+    if q.size and int(q.max()) >= modulus:
+        raise QuantizationError(f"value {int(q.max())} is not a residue mod 2^{bits}")
+    signed = q.astype(np.int64)
+    signed[signed >= modulus // 2] -= modulus
+    result: F64Array = signed.astype(np.float64) / scale
+    return result
+
+
+def _raw_scale(n_summands: int, bound: float, bits: int) -> float:
+    return (float(2 ** (bits - 1) - 1) / n_summands - 1.0) / bound * _FLOAT_MARGIN
+
+
+def _check_bits(bits: int) -> None:
+    if isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
+        raise QuantizationError(f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+
+
+def _check_scale(scale: float) -> None:
+    if not (math.isfinite(scale) and scale > 0):
+        raise QuantizationError(f"scale must be a finite number > 0, got {scale!r}")

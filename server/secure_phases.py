@@ -1,0 +1,277 @@
+"""The coordinator's secure-aggregation phases (DESIGN.md §3 steps 2–6).
+
+A mixin of :class:`~fedtune.server.coordinator.Coordinator`: request handlers for the
+secure-aggregation RPCs and the part of the run loop between the offer and the aggregate.
+The coordinator relays keys and shares, collects masked inputs, signs the survivor list,
+runs the consistency check and removes the masks; it never holds a site's unmasked input.
+
+Sets of sites, as in Bonawitz et al. 2017: ``accepted`` → ``U2`` (advertised keys) →
+``U3`` (shared keys) → ``U4`` (delivered a masked input: the survivors; ``U3 − U4`` are the
+dropouts) → ``U5`` (confirmed the lists) → the sites that revealed shares. Each step needs
+at least ``t`` sites, or the round aborts and releases nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedtune.logs import log_event
+from fedtune.privacy.input_encoding import InputEncoding, decode_sum
+from fedtune.privacy.masks import mod_sum
+from fedtune.privacy.secagg import RoundParameters, SecAggError, unmask_sum
+from fedtune.privacy.signatures import (
+    SignatureError,
+    advertisement_statement,
+    sign,
+    survivors_statement,
+    verify,
+)
+from fedtune.proto import fedtune_pb2 as pb
+from fedtune.server.errors import invalid, precondition, unauthenticated
+from fedtune.server.round_state import RoundState
+
+if TYPE_CHECKING:
+    from fedtune.server.coordinator import Coordinator
+
+log = logging.getLogger("fedtune.server")
+
+
+def ring_dtype(bits: int) -> str:
+    """Wire dtype of a masked vector: 4 bytes per coordinate up to 32 bits, else 8."""
+    return "<u4" if bits <= 32 else "<u8"
+
+
+class SecurePhasesMixin:
+    """Secure-aggregation request handlers and round phases for the Coordinator."""
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _encoding(self: Coordinator, r: RoundState) -> InputEncoding:
+        assert r.params is not None
+        sa, training = self.job.secure_aggregation, self.job.training
+        return InputEncoding(
+            bits=sa.bits, n_summands=len(r.params.sites),
+            length=0 if r.evaluate_only else self.params.size,
+            value_range=sa.value_range,
+            max_weight=float(training.max_examples) if training.weighting == "examples" else 1.0,
+            max_examples=float(training.max_examples), loss_bound=sa.loss_bound)
+
+    def _secure_expected_input(self: Coordinator, r: RoundState) -> pb.TensorSpec:
+        n = self._encoding(r).total_length
+        dtype = ring_dtype(self.job.secure_aggregation.bits)
+        return pb.TensorSpec(dtype=dtype, shape=[n], nbytes=n * int(dtype[-1]))
+
+    def _secure_round(self: Coordinator) -> RoundState:
+        """The current round, which must use secure aggregation (call with the lock held)."""
+        r = self._current_round()
+        if not r.secure:
+            raise precondition("this run does not use secure aggregation")
+        return r
+
+    def _secure_task_for(self: Coordinator, site: str, r: RoundState) -> pb.Task | None:
+        if r.awaiting_shares(site):
+            ads = [r.advertisements[s] for s in sorted(r.params.sites)]
+            ads = self.behaviour.advertisements_for(site, r.round_id, ads)
+            return pb.Task(share_keys=pb.ShareKeysTask(ref=r.ref, advertisements=ads,
+                                                       deadline=r.deadline))
+        if r.awaiting_input(site):
+            relayed = [pb.EncryptedShare(from_site=sender, to_site=site, ciphertext=ct)
+                       for sender in r.relayed.get(site, ())
+                       for ct in [r.shares[sender][site]]]
+            relayed = self.behaviour.shares_for(site, r.round_id, relayed)
+            return pb.Task(submit_input=pb.SubmitInputTask(
+                ref=r.ref, shares=relayed, expected=self._expected_input(r),
+                deadline=r.deadline))
+        if r.awaiting_confirmation(site):
+            return pb.Task(consistency=pb.ConsistencyTask(ref=r.ref, lists=r.lists[site],
+                                                          deadline=r.deadline))
+        if r.awaiting_unmask(site):
+            return pb.Task(unmask=pb.UnmaskTask(
+                ref=r.ref, lists=r.lists[site], deadline=r.deadline,
+                confirmations=[r.confirmations[s] for s in sorted(r.confirmations)]))
+        return None
+
+    # -- requests --------------------------------------------------------------------------
+
+    def advertise_keys(self: Coordinator, site: str, signed: pb.SignedKeyAdvertisement) -> None:
+        ad = signed.advertisement
+        with self._cond:
+            self._secure_round()
+        if ad.site_id != site:
+            raise invalid(f"advertisement names site {ad.site_id!r}, the session is {site!r}")
+        if len(ad.encryption_public_key) != 32 or len(ad.mask_public_key) != 32:
+            raise invalid("X25519 public keys are 32 bytes")
+        try:
+            verify(self._keys[site], signed.signature,
+                   advertisement_statement(ad.SerializeToString(deterministic=True)))
+        except SignatureError as exc:
+            raise unauthenticated(f"key advertisement of {site!r}: {exc}") from None
+        self.behaviour.observe(site, "advertisement", signed)
+        with self._cond:
+            r = self._current_round()
+            r.check_ref(ad.ref)
+            r.advertise(site, signed)
+            log_event(log, "keys_advertised", run=self.run_id, round=r.round_id, site=site,
+                      phase="advertise_keys")
+            self._cond.notify_all()
+
+    def share_keys(self: Coordinator, site: str, message: pb.EncryptedShares) -> None:
+        shares: dict[str, bytes] = {}
+        for share in message.shares:
+            if share.from_site != site:
+                raise invalid(f"a share from {share.from_site!r} in {site!r}'s message")
+            if share.to_site in shares:
+                raise invalid(f"two shares for {share.to_site!r}")
+            if not share.ciphertext or len(share.ciphertext) > 1024:
+                raise invalid(f"share for {share.to_site!r} has an implausible size")
+            shares[share.to_site] = share.ciphertext
+        self.behaviour.observe(site, "shares", message)
+        with self._cond:
+            r = self._secure_round()
+            r.check_ref(message.ref)
+            r.share(site, shares)
+            log_event(log, "keys_shared", run=self.run_id, round=r.round_id, site=site,
+                      phase="share_keys", shares=len(shares))
+            self._cond.notify_all()
+
+    def submit_masked(self: Coordinator, site: str, ref: pb.RoundRef, vector: np.ndarray) -> None:
+        bits = self.job.secure_aggregation.bits
+        as_ring = vector.astype(np.uint64)
+        if bits < 64 and np.any(as_ring >> np.uint64(bits)):
+            raise invalid(f"masked input has values outside Z_(2^{bits})")
+        self.behaviour.observe(site, "masked_input", as_ring)
+        with self._cond:
+            r = self._current_round()
+            r.check_ref(ref)
+            r.submit_masked(site, as_ring)
+            log_event(log, "input_received", run=self.run_id, round=r.round_id, site=site,
+                      phase="masked_input", bytes=int(vector.nbytes), masked=True)
+            self._cond.notify_all()
+
+    def confirm_survivors(self: Coordinator, site: str, message: pb.SurvivorConfirmation) -> None:
+        if message.site_id != site:
+            raise invalid(f"confirmation names site {message.site_id!r}, the session is {site!r}")
+        with self._cond:
+            r = self._secure_round()
+            r.check_ref(message.ref)
+            lists = r.lists.get(site)
+            if lists is None:
+                raise precondition(f"site {site!r} is not a survivor of round {r.round_id}")
+            try:
+                verify(self._keys[site], message.signature, survivors_statement(
+                    self.run_id, r.round_id, list(lists.survivors), list(lists.dropouts)))
+            except SignatureError as exc:
+                raise unauthenticated(f"confirmation of {site!r}: {exc}") from None
+            r.confirm(site, message)
+            log_event(log, "survivors_confirmed", run=self.run_id, round=r.round_id, site=site,
+                      phase="consistency_check")
+            self._cond.notify_all()
+
+    def unmask(self: Coordinator, site: str, message: pb.UnmaskShares) -> None:
+        self.behaviour.observe(site, "unmask_shares", message)
+        with self._cond:
+            r = self._secure_round()
+            r.check_ref(message.ref)
+            lists = r.lists.get(site)
+            if lists is None:
+                raise precondition(f"site {site!r} is not a survivor of round {r.round_id}")
+            r.unmask(site, list(message.shares), set(lists.survivors), set(lists.dropouts))
+            log_event(log, "shares_revealed", run=self.run_id, round=r.round_id, site=site,
+                      phase="unmask", shares=len(message.shares))
+            self._cond.notify_all()
+
+    # -- run loop ----------------------------------------------------------------------------
+
+    def _run_secure_phases(self: Coordinator, r: RoundState) -> SecureSum | str:
+        """From accepted to unmasked: the sum to unmask, or the reason to abort.
+
+        Called with ``self._cond`` held (the waits release it).
+        """
+        d, sa = self.job.deadlines, self.job.secure_aggregation
+        r.start_advertise(self.clock() + d.keys)
+        self._cond.notify_all()
+        self._wait_until(r.advertising_complete, r.deadline)
+        advertised = sorted(r.advertisements)
+        if len(advertised) < self.job.min_sites:
+            return f"{len(advertised)} sites advertised keys (minimum {self.job.min_sites})"
+        digests = [hashlib.sha256(r.advertisements[s].SerializeToString(deterministic=True))
+                   .digest() for s in advertised]
+        try:
+            params = RoundParameters.derive(self.run_id, r.round_id, sa.bits, advertised,
+                                            sa.threshold, sa.neighbours, self._round_seed,
+                                            digests)
+        except SecAggError as exc:
+            return f"secure aggregation parameters: {exc}"
+        r.start_share(params, self.clock() + d.keys)
+        log_event(log, "phase_started", run=self.run_id, round=r.round_id, phase="share_keys",
+                  sites=advertised, threshold=params.threshold)
+        self._cond.notify_all()
+        self._wait_until(r.sharing_complete, r.deadline)
+        sharers = sorted(r.shares)
+        if len(sharers) < params.threshold:
+            return f"{len(sharers)} sites shared keys (threshold {params.threshold})"
+        for site in sharers:
+            r.relayed[site] = tuple(s for s in sharers if s != site and site in r.shares[s])
+        r.start_input(self.clock() + d.input)
+        log_event(log, "phase_started", run=self.run_id, round=r.round_id, phase="masked_input",
+                  sites=sharers)
+        self._cond.notify_all()
+        self._wait_until(r.inputs_complete, r.deadline)
+        survivors = sorted(r.masked)
+        dropouts = sorted(set(sharers) - set(survivors))
+        for site in dropouts:
+            log_event(log, "site_dropped", logging.WARNING, run=self.run_id, round=r.round_id,
+                      site=site, phase="masked_input")
+        if len(survivors) < max(params.threshold, self.job.min_sites):
+            return (f"{len(survivors)} sites delivered masked input (threshold "
+                    f"{params.threshold}, minimum {self.job.min_sites})")
+        lists = {}
+        for site in survivors:
+            s, dr = self.behaviour.lists_for(site, r.round_id, survivors, dropouts)
+            signature = sign(self._identity, survivors_statement(self.run_id, r.round_id,
+                                                                 list(s), list(dr)))
+            lists[site] = pb.SignedSurvivors(ref=r.ref, survivors=sorted(s), dropouts=sorted(dr),
+                                             signature=signature)
+        r.start_consistency(lists, self.clock() + d.unmask)
+        log_event(log, "phase_started", run=self.run_id, round=r.round_id,
+                  phase="consistency_check", survivors=survivors, dropouts=dropouts)
+        self._cond.notify_all()
+        self._wait_until(r.consistency_complete, r.deadline)
+        if len(r.confirmations) < params.threshold:
+            return (f"{len(r.confirmations)} sites confirmed the survivor list "
+                    f"(threshold {params.threshold})")
+        r.start_unmask(self.clock() + d.unmask)
+        self._cond.notify_all()
+        self._wait_until(r.unmask_complete, r.deadline)
+        # nothing a site sends can change the round from here on
+        r.phase = pb.PHASE_AGGREGATE
+        return SecureSum(params, [r.masked[s] for s in survivors], survivors, dropouts,
+                         {s: r.advertisements[s].advertisement.mask_public_key
+                          for s in advertised},
+                         dict(r.relayed), r.revealed, self._encoding(r))
+
+
+class SecureSum:
+    """Everything needed to unmask a round's sum, computed outside the coordinator's lock."""
+
+    def __init__(self, params: RoundParameters, masked: list[np.ndarray], survivors: list[str],
+                 dropouts: list[str], mask_keys: dict[str, bytes],
+                 relayed: dict[str, tuple[str, ...]],
+                 revealed: dict[str, dict[str, dict[str, bytes]]], encoding: InputEncoding
+                 ) -> None:
+        self.params, self.masked = params, masked
+        self.survivors, self.dropouts = survivors, dropouts
+        self.mask_keys, self.relayed, self.revealed = mask_keys, relayed, revealed
+        self.encoding = encoding
+
+    def unmask(self) -> tuple[np.ndarray, pb.PlainMetrics]:
+        """(Σ w·Δ, metric sums); raises :class:`SecAggError` when the masks cannot be removed."""
+        bits = self.params.bits
+        total = unmask_sum(self.params, mod_sum(self.masked, bits), self.survivors,
+                           self.dropouts, self.mask_keys, self.relayed, self.revealed)
+        update_sum, metric_sums = decode_sum(total, self.encoding)
+        return update_sum, pb.PlainMetrics(**metric_sums)

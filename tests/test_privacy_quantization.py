@@ -1,0 +1,148 @@
+"""Stochastic-rounding fixed-point quantisation into Z_(2^b) and its error bound."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedtune.privacy import masks
+from fedtune.privacy import quantization as qz
+
+
+def _signed(q: np.ndarray, bits: int) -> list[int]:
+    return [v - 2**bits if v >= 2 ** (bits - 1) else v for v in (int(x) for x in q)]
+
+
+def test_scale_leaves_room_for_n_rounded_up_summands() -> None:
+    for n, bound, bits in [(1, 1.0, 8), (20, 1.0, 32), (50, 3.5, 24), (7, 1000.0, 62)]:
+        scale = qz.scale_for(n, bound, bits)
+        limit = 2 ** (bits - 1) - 1
+        assert n * (bound * scale + 1) <= limit
+        assert n * math.ceil(bound * scale) <= limit  # the largest |q| a summand can have
+        assert scale == pytest.approx((limit / n - 1) / bound, rel=1e-9)
+
+
+def test_scale_below_one_names_the_bits_to_use() -> None:
+    with pytest.raises(qz.QuantizationError, match="increase bits to at least 18"):
+        qz.scale_for(1000, 100.0, 16)
+
+
+@pytest.mark.parametrize(
+    ("n", "bound", "bits"), [(0, 1.0, 32), (3, 0.0, 32), (3, math.inf, 32), (3, 1.0, 1),
+                             (3, 1.0, 63)]
+)
+def test_invalid_scale_parameters_are_rejected(n: int, bound: float, bits: int) -> None:
+    with pytest.raises(qz.QuantizationError):
+        qz.scale_for(n, bound, bits)
+
+
+def test_one_vector_round_trips_within_one_step() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, 10_000)
+    scale = qz.scale_for(10, 1.0, 16)
+    q = qz.quantize(x, scale, 16, rng)
+    assert q.dtype == np.uint64
+    assert np.max(np.abs(qz.dequantize(q, scale, 16) - x)) < 1 / scale
+
+
+def test_dequantised_sum_is_within_n_over_scale_of_the_float_sum() -> None:
+    rng = np.random.default_rng(2)
+    n, bits, bound = 20, 16, 1.0
+    scale = qz.scale_for(n, bound, bits)
+    xs = [np.clip(rng.normal(0, 0.5, 5_000), -bound, bound) for _ in range(n)]
+    total = masks.mod_sum([qz.quantize(x, scale, bits, rng) for x in xs], bits)
+    error = np.abs(qz.dequantize(total, scale, bits) - np.sum(xs, axis=0))
+    assert np.max(error) < n / scale
+
+
+def test_modular_sum_of_quantised_vectors_equals_their_integer_sum() -> None:
+    rng = np.random.default_rng(3)
+    n, bits = 9, 32
+    scale = qz.scale_for(n, 2.0, bits)
+    qs = [qz.quantize(rng.uniform(-2, 2, 1_000), scale, bits, rng) for _ in range(n)]
+    integer_sum = [sum(column) for column in zip(*(_signed(q, bits) for q in qs), strict=True)]
+    modular_sum = masks.mod_sum(qs, bits)
+    assert modular_sum.tolist() == [s % 2**bits for s in integer_sum]
+    assert _signed(modular_sum, bits) == integer_sum  # no wrap: the signed reading is exact
+
+
+@pytest.mark.parametrize("value", [0.3, -0.7, 2.25, -1.999])
+def test_stochastic_rounding_is_unbiased(value: float) -> None:
+    rng = np.random.default_rng(4)
+    draws = 40_000
+    q = qz.quantize(np.full(draws, value), 1.0, 16, rng)
+    decoded = qz.dequantize(q, 1.0, 16)
+    frac = value - math.floor(value)
+    sigma_of_mean = math.sqrt(frac * (1 - frac) / draws)
+    assert abs(decoded.mean() - value) < 5 * sigma_of_mean
+    assert set(decoded.tolist()) == {math.floor(value), math.floor(value) + 1}
+
+
+def test_values_already_on_the_grid_are_exact() -> None:
+    q = qz.quantize(np.array([0.0, 0.25, -0.5, 3.0]), 4.0, 8, np.random.default_rng(5))
+    assert q.tolist() == [0, 1, 256 - 2, 12]
+
+
+def test_negative_values_are_twos_complement() -> None:
+    q = qz.quantize(np.array([-1.0, -0.25]), 4.0, 32, np.random.default_rng(6))
+    assert q.tolist() == [2**32 - 4, 2**32 - 1]
+    assert qz.dequantize(q, 4.0, 32).tolist() == [-1.0, -0.25]
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["upper", "lower"])
+def test_sum_at_the_bound_does_not_wrap(sign: float) -> None:
+    rng = np.random.default_rng(7)
+    n, bits, bound = 7, 12, 1.5
+    scale = qz.scale_for(n, bound, bits)
+    qs = [qz.quantize(np.full(2_000, sign * bound), scale, bits, rng) for _ in range(n)]
+    decoded = qz.dequantize(masks.mod_sum(qs, bits), scale, bits)
+    assert np.all(np.sign(decoded) == sign)
+    assert np.max(np.abs(decoded - sign * n * bound)) < n / scale
+
+
+def test_worst_case_rounding_at_the_bound_still_fits() -> None:
+    # Every summand at the bound and every coordinate rounded up: the sum's magnitude is
+    # n·ceil(bound·scale), which scale_for keeps at or below 2^(bits-1) - 1.
+    n, bits, bound = 5, 10, 1.0
+    scale = qz.scale_for(n, bound, bits)
+    top = math.ceil(bound * scale)
+    q = np.full(1, top, dtype=np.uint64)
+    total = masks.mod_sum([q] * n, bits)
+    assert qz.dequantize(total, scale, bits)[0] == pytest.approx(n * top / scale)
+    assert qz.dequantize(masks.mod_sub(np.zeros(1, np.uint64), total, bits), scale, bits)[0] < 0
+
+
+def test_same_generator_seed_gives_the_same_quantisation() -> None:
+    x = np.linspace(-1, 1, 101)
+    one = qz.quantize(x, 1000.3, 24, np.random.default_rng(8))
+    two = qz.quantize(x, 1000.3, 24, np.random.default_rng(8))
+    np.testing.assert_array_equal(one, two)
+
+
+def test_value_beyond_the_range_is_rejected() -> None:
+    with pytest.raises(qz.QuantizationError, match="clip x"):
+        qz.quantize(np.array([0.0, 200.0]), 1.0, 8, np.random.default_rng(9))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_values_are_rejected(bad: float) -> None:
+    with pytest.raises(qz.QuantizationError, match="NaN or infinite"):
+        qz.quantize(np.array([0.0, bad]), 1.0, 16, np.random.default_rng(10))
+
+
+def test_dequantize_rejects_values_that_are_not_residues() -> None:
+    with pytest.raises(qz.QuantizationError, match="not a residue mod 2\\^8"):
+        qz.dequantize(np.array([256], dtype=np.uint64), 1.0, 8)
+
+
+def test_dequantize_rejects_signed_arrays() -> None:
+    with pytest.raises(qz.QuantizationError, match="uint64"):
+        qz.dequantize(np.array([1], dtype=np.int64), 1.0, 8)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, math.nan])
+def test_scale_must_be_positive_and_finite(scale: float) -> None:
+    with pytest.raises(qz.QuantizationError, match="scale must be"):
+        qz.quantize(np.zeros(2), scale, 16, np.random.default_rng(11))
