@@ -65,7 +65,8 @@ class SiteLevelDPConfig:
 class SecureAggregationConfig:
     """SecAgg+ (Bell et al. 2020) with the malicious-server checks of Bonawitz et al. 2017."""
 
-    enabled: bool = False
+    #: on by default (DESIGN.md §1.1); plain mode is for development only
+    enabled: bool = True
     #: Shamir threshold t; 0 means more than half of the sites that advertise keys.
     threshold: int = 0
     #: neighbour-graph degree; 0 means about 2·log2(n), even, at least t.
@@ -165,7 +166,7 @@ def parse_job(job: Fields) -> JobConfig:
     privacy.reject_unknown()
     a = job.sub("secure_aggregation")
     secagg = SecureAggregationConfig(
-        enabled=a.boolean("enabled", False),
+        enabled=a.boolean("enabled", True),
         threshold=a.integer("threshold", 0, minimum=0),
         neighbours=a.integer("neighbours", 0, minimum=0),
         bits=a.integer("bits", 32, minimum=16, maximum=62),

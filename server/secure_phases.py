@@ -206,6 +206,7 @@ class SecurePhasesMixin:
                                             digests)
         except SecAggError as exc:
             return f"secure aggregation parameters: {exc}"
+        self.behaviour.observe("", "round_parameters", params)
         r.start_share(params, self.clock() + d.keys)
         log_event(log, "phase_started", run=self.run_id, round=r.round_id, phase="share_keys",
                   sites=advertised, threshold=params.threshold)

@@ -54,6 +54,8 @@ def fast_job(model: dict[str, Any] | None = None, *, rounds: int = 10, min_sites
         "training": {"local_epochs": 1, "batch_size": 16, "learning_rate": 0.05, "seed": 0,
                      "max_examples": 1000},
         "deadlines": {"gather": gather, "offer": offer, "input": input_s},
+        # plain mode: these tests put single plaintext messages in front of the coordinator
+        "secure_aggregation": {"enabled": False},
     }
 
 

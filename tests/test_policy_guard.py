@@ -10,7 +10,8 @@ from fedtune.client.policy_guard import refusal_reason
 from fedtune.job import JobConfig, ModelConfig, SecureAggregationConfig, TrainingConfig
 from fedtune.policy import PolicyConfig
 
-JOB = JobConfig(job_id="j", model=ModelConfig("tabular-mlp", input_dim=4), rounds=10, min_sites=3)
+JOB = JobConfig(job_id="j", model=ModelConfig("tabular-mlp", input_dim=4), rounds=10, min_sites=3,
+                secure_aggregation=SecureAggregationConfig(enabled=False))
 POLICY = PolicyConfig(allowed_models=("tabular-mlp",), max_rounds=20, max_local_epochs=5)
 
 

@@ -1,0 +1,195 @@
+"""The secure-aggregation recipe without a network: masks cancel exactly, dropouts recover,
+and a site never reveals both shares of one neighbour."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from fedtune.privacy.input_encoding import InputEncoding, decode_sum, encode
+from fedtune.privacy.masks import mod_sum
+from fedtune.privacy.quantization import dequantize, quantize, scale_for
+from fedtune.privacy.secagg import (
+    MASK_KEY,
+    SELF_MASK,
+    RoundParameters,
+    SecAggError,
+    SiteRound,
+    unmask_sum,
+)
+
+BITS = 32
+
+
+def _round(n: int, threshold: int = 0, degree: int = 0, round_id: int = 1):
+    sites = {f"s{i}": SiteRound(f"s{i}") for i in range(n)}
+    keys = {s: (r.encryption.public, r.masking.public) for s, r in sites.items()}
+    digests = [hashlib.sha256(s.encode() + keys[s][0] + keys[s][1]).digest() for s in keys]
+    params = RoundParameters.derive("run", round_id, BITS, sites, threshold, degree,
+                                    b"\x07" * 32, digests)
+    shares = {s: r.share_keys(params, keys) for s, r in sites.items()}
+    return sites, keys, params, shares
+
+
+def _deliver(sites, shares, senders):
+    """Relay to each site the shares sent to it by ``senders``; return who masks with whom."""
+    relayed = {}
+    for s, r in sites.items():
+        if s not in senders:
+            continue
+        incoming = {snd: shares[snd][s] for snd in senders if snd != s and s in shares[snd]}
+        r.receive_shares(incoming)
+        relayed[s] = tuple(sorted(incoming))
+    return relayed
+
+
+def _run(n, dropouts=(), unmask_drop=(), length=1000, threshold=0, degree=0, seed=0):
+    sites, keys, params, shares = _round(n, threshold, degree)
+    relayed = _deliver(sites, shares, set(sites))
+    rng = np.random.default_rng(seed)
+    x = {s: rng.integers(0, 2 ** BITS, size=length, dtype=np.uint64) for s in sites}
+    survivors = sorted(set(sites) - set(dropouts))
+    masked = {s: sites[s].mask(x[s]) for s in survivors}
+    revealed: dict = {}
+    for s in survivors:
+        if s in unmask_drop:
+            continue
+        for owner, kind, share in sites[s].reveal(survivors, sorted(dropouts)):
+            revealed.setdefault(owner, {}).setdefault(kind, {})[s] = share
+    total = unmask_sum(params, mod_sum(list(masked.values()), BITS), survivors, sorted(dropouts),
+                       {s: keys[s][1] for s in sites}, relayed, revealed)
+    expected = mod_sum([x[s] for s in survivors], BITS)
+    return total, expected, masked, x
+
+
+def test_the_unmasked_sum_equals_the_integer_sum_exactly():
+    total, expected, _, _ = _run(5)
+    np.testing.assert_array_equal(total, expected)
+
+
+@pytest.mark.parametrize("n, dropouts", [(5, ["s3"]), (7, ["s0", "s6"]), (10, ["s2", "s5", "s9"])])
+def test_the_sum_is_exact_when_sites_drop_after_sharing_keys(n, dropouts):
+    total, expected, _, _ = _run(n, dropouts=dropouts)
+    np.testing.assert_array_equal(total, expected)
+
+
+def test_a_survivor_that_vanishes_before_unmasking_does_not_stop_the_round():
+    total, expected, _, _ = _run(6, dropouts=["s1"], unmask_drop=["s4"])
+    np.testing.assert_array_equal(total, expected)
+
+
+def test_a_sparse_neighbour_graph_still_gives_the_exact_sum():
+    total, expected, _, _ = _run(12, dropouts=["s3"], threshold=7, degree=8)
+    np.testing.assert_array_equal(total, expected)
+
+
+def test_fewer_than_t_reveals_cannot_unmask():
+    with pytest.raises(SecAggError, match="threshold"):
+        _run(5, unmask_drop=["s0", "s1", "s2"])
+
+
+def test_the_float_sum_comes_back_within_the_documented_quantisation_bound():
+    n, m = 6, 2000
+    enc = InputEncoding(bits=BITS, n_summands=n, length=m, value_range=0.5, max_weight=100,
+                        max_examples=100, loss_bound=20)
+    rng = np.random.default_rng(1)
+    updates = [rng.uniform(-0.5, 0.5, m) * w for w in range(10, 10 + n)]
+    encoded = [encode(u, {"weight": 10 + i, "eval_count": 7, "eval_correct": 3,
+                          "train_count": 12, "train_loss_sum": 1.25, "eval_loss_sum": 0.5},
+                      enc, rng) for i, u in enumerate(updates)]
+    update_sum, metrics = decode_sum(mod_sum(encoded, BITS), enc)
+    bound = n / enc.update_scale
+    assert np.max(np.abs(update_sum - np.sum(updates, axis=0))) <= bound
+    assert metrics["weight"] == sum(range(10, 10 + n))  # counts are exact
+    assert metrics["eval_count"] == 7 * n and metrics["eval_correct"] == 3 * n
+    assert abs(metrics["train_loss_sum"] - 1.25 * n) <= n / enc.loss_scale
+
+
+def test_the_masked_sum_of_quantised_floats_equals_the_plain_sum_of_the_quantised_ints():
+    n, m = 4, 500
+    scale = scale_for(n, 1.0, BITS)
+    rng = np.random.default_rng(2)
+    sites, keys, params, shares = _round(n)
+    relayed = _deliver(sites, shares, set(sites))
+    q = {s: quantize(rng.uniform(-1, 1, m), scale, BITS, rng) for s in sites}
+    masked = [sites[s].mask(q[s]) for s in sorted(sites)]
+    revealed: dict = {}
+    for s in sorted(sites):
+        for owner, kind, share in sites[s].reveal(sorted(sites), []):
+            revealed.setdefault(owner, {}).setdefault(kind, {})[s] = share
+    total = unmask_sum(params, mod_sum(masked, BITS), sorted(sites), [],
+                       {s: keys[s][1] for s in sites}, relayed, revealed)
+    plain = np.sum([dequantize(q[s], scale, BITS) for s in sites], axis=0)
+    np.testing.assert_allclose(dequantize(total, scale, BITS), plain, atol=1e-9)
+
+
+def test_a_masked_input_reveals_nothing_without_the_masks():
+    _, _, masked, x = _run(4, length=20000)
+    for s, y in masked.items():
+        assert not np.array_equal(y, x[s])
+        # masked values are uniform on Z_(2^32): the mean is near 2^31, unlike a small update
+        assert abs(float(np.mean(y.astype(np.float64))) / 2 ** 31 - 1) < 0.02
+
+
+def test_a_site_never_reveals_both_shares_of_a_neighbour():
+    sites, _, _, shares = _round(5)
+    _deliver(sites, shares, set(sites))
+    me = sites["s0"]
+    first = me.reveal(["s0", "s1", "s2", "s3"], ["s4"])
+    kinds = {owner: kind for owner, kind, _ in first}
+    assert kinds["s4"] == MASK_KEY and kinds["s1"] == SELF_MASK
+    with pytest.raises(SecAggError, match="already revealed"):
+        me.reveal(["s0", "s1", "s2", "s3", "s4"], [])
+
+
+@pytest.mark.parametrize("survivors, dropouts, message", [
+    (["s0", "s1", "s2"], ["s2"], "as survivor and as dropout"),
+    (["s1", "s2", "s3"], ["s0"], "not listed as a survivor"),
+    (["s0", "s1"], ["s2", "s3", "s4"], "fewer than the threshold"),
+    (["s0", "s1", "s2", "zz"], [], "not in this round's key list"),
+    (["s0", "s1", "s2"], [], "neither survivors nor dropouts"),
+])
+def test_lists_that_would_let_the_coordinator_unmask_are_refused(survivors, dropouts, message):
+    sites, _, _, shares = _round(5)
+    _deliver(sites, shares, set(sites))
+    sites["s0"].mask(np.zeros(4, dtype=np.uint64))
+    with pytest.raises(SecAggError, match=message):
+        sites["s0"].reveal(survivors, dropouts)
+    assert not sites["s0"].revealed
+
+
+def test_a_tampered_key_share_is_refused():
+    sites, _, _, shares = _round(4)
+    bad = bytearray(shares["s1"]["s0"])
+    bad[-1] ^= 1
+    with pytest.raises(SecAggError, match="does not decrypt"):
+        sites["s0"].receive_shares({"s1": bytes(bad)})
+
+
+def test_a_share_replayed_from_another_round_does_not_decrypt():
+    old_sites, _, _, old_shares = _round(3, round_id=1)
+    sites, _, _, _ = _round(3, round_id=2)
+    with pytest.raises(SecAggError, match="does not decrypt"):
+        sites["s0"].receive_shares({"s1": old_shares["s1"]["s0"]})
+
+
+def test_a_threshold_of_half_or_less_is_refused():
+    with pytest.raises(SecAggError, match="more than half"):
+        _round(6, threshold=3)
+
+
+def test_wrong_shares_are_detected_by_the_advertised_mask_key():
+    sites, keys, params, shares = _round(5)
+    relayed = _deliver(sites, shares, set(sites))
+    survivors = ["s0", "s1", "s2", "s3"]
+    masked = [sites[s].mask(np.zeros(8, dtype=np.uint64)) for s in survivors]
+    revealed: dict = {}
+    for s in survivors:
+        for owner, kind, share in sites[s].reveal(survivors, ["s4"]):
+            revealed.setdefault(owner, {}).setdefault(kind, {})[s] = share
+    revealed["s4"][MASK_KEY] = {h: bytes(32) for h in revealed["s4"][MASK_KEY]}
+    with pytest.raises(SecAggError, match="does not match its advertised public key"):
+        unmask_sum(params, mod_sum(masked, BITS), survivors, ["s4"],
+                   {s: keys[s][1] for s in sites}, relayed, revealed)
