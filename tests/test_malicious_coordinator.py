@@ -128,7 +128,7 @@ def test_a_replayed_key_list_from_the_previous_round_is_refused(tmp_path):
 
 def test_no_buffer_the_coordinator_receives_or_stores_is_a_single_sites_update(
         tmp_path, monkeypatch):
-    import fedtune.client.secure_phases as secure_phases
+    from fedtune.client import secure_phases
 
     sent: list[np.ndarray] = []
     original = secure_phases.encode

@@ -169,7 +169,7 @@ def test_a_tampered_key_share_is_refused():
 
 
 def test_a_share_replayed_from_another_round_does_not_decrypt():
-    old_sites, _, _, old_shares = _round(3, round_id=1)
+    _, _, _, old_shares = _round(3, round_id=1)
     sites, _, _, _ = _round(3, round_id=2)
     with pytest.raises(SecAggError, match="does not decrypt"):
         sites["s0"].receive_shares({"s1": old_shares["s1"]["s0"]})
