@@ -24,13 +24,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedtune import models
 from fedtune.client import trainer
 from fedtune.client.data import DataError, SiteData, load_site_data, train_eval_split
+from fedtune.client.ledger import Ledger, dataset_id
 from fedtune.client.policy_guard import refusal_reason
 from fedtune.client.secure_phases import SecureSiteMixin, SecureState
 from fedtune.job import JobConfig, ModelConfig, job_digest, job_from_proto
 from fedtune.logs import log_event
 from fedtune.peers import Peers
 from fedtune.policy import PolicyConfig
+from fedtune.privacy.accountants import epsilon
+from fedtune.privacy.distributed_dp import clip_l2
 from fedtune.privacy.signatures import auth_statement, sign
+from fedtune.privacy_plan import record_level_release, site_level_release
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.proto import fedtune_pb2_grpc as pb_grpc
 from fedtune.tensor_codec import CHUNK_BYTES, TensorError, assemble, spec_for, to_bytes
@@ -70,6 +74,8 @@ class SiteAgentConfig:
     #: fault injection for tests and scenario replays: (phase, round id) at which this site
     #: vanishes without a word; phase is one of DROP_PHASES
     drop_at: tuple[str, int] | None = None
+    #: where the site keeps its privacy ledger (needed for DP-SGD jobs)
+    state_dir: Path | None = None
 
 
 DROP_PHASES = ("advertise", "share", "input", "consistency", "unmask")
@@ -104,6 +110,8 @@ class SiteAgent(SecureSiteMixin):
         self._run_id = ""
         self._accepted: dict[tuple[str, int], _Accepted] = {}
         self._secure: dict[tuple[str, int], SecureState] = {}
+        self._ledger_db: Ledger | None = None
+        self._dataset_digest: str | None = None
         self._data_cache: dict[ModelConfig, tuple[SiteData, SiteData]] = {}
         self.outcome = SiteOutcome(finished=False)
 
@@ -216,6 +224,11 @@ class SiteAgent(SecureSiteMixin):
             r = task.round_result
             self._accepted.pop((r.ref.run_id, r.ref.round), None)
             self._secure.pop((r.ref.run_id, r.ref.round), None)
+            if self.config.state_dir is not None and self._ledger_db is not None:
+                if r.aborted:  # nothing was released: the pending charge is withdrawn
+                    self._ledger_db.cancel(r.ref.run_id, r.ref.round)
+                else:
+                    self._ledger_db.commit(r.ref.run_id, r.ref.round)
             log_event(log, "round_result", run=r.ref.run_id, round=r.ref.round,
                       site=self.config.site_id, aborted=r.aborted, reason=r.abort_reason,
                       contributors=list(r.contributors),
@@ -258,6 +271,8 @@ class SiteAgent(SecureSiteMixin):
                 self._site_data(job.model, job)
             except (DataError, models.ModelError) as exc:
                 reason = f"local data does not fit the job: {exc}"
+        if reason is None:
+            reason = self._privacy_refusal(job, offer)
         accept = reason is None
         assert self._stub is not None
         self._stub.RespondOffer(pb.OfferResponse(ref=ref, accept=accept, refusal_reason=reason or ""),
@@ -271,6 +286,65 @@ class SiteAgent(SecureSiteMixin):
             self.outcome.refusals.append(reason or "")
         log_event(log, "offer_answered", run=ref.run_id, round=ref.round, site=self.config.site_id,
                   phase="offer", accepted=accept, reason=reason or "")
+
+    def _privacy_refusal(self, job: JobConfig, offer: pb.Offer) -> str | None:
+        """Refuse a round that would take this site over its own privacy budgets.
+
+        The site recomputes every ε from the job's announced mechanism parameters with its own
+        accountant; it never takes the coordinator's figures.
+        """
+        policy = self.config.policy
+        if job.site_dp.mode != "none" and policy.site_max_epsilon < float("inf"):
+            dimension = int(np.prod(offer.parameters.shape))
+            release = site_level_release(job, dimension)
+            total = epsilon([release] * job.rounds, job.site_dp.delta)
+            if total > policy.site_max_epsilon:
+                return (f"the job's site-level DP reaches ε = {total:.3f} over {job.rounds} "
+                        f"rounds, the site policy allows {policy.site_max_epsilon:g}")
+        if not job.record_dp.enabled or offer.evaluate_only:
+            return None
+        if self.config.state_dir is None:
+            return "the job uses DP-SGD and this site has no privacy ledger (start it with --state-dir)"
+        release = record_level_release(job)
+        ledger = self._ledger()
+        after = ledger.would_spend(self._dataset_id(), release, policy.record_delta)
+        if after > policy.record_max_epsilon:
+            spent = ledger.spent(self._dataset_id(), policy.record_delta)
+            return (f"this round would bring the dataset's record-level ε from {spent:.3f} to "
+                    f"{after:.3f}, over the site policy's {policy.record_max_epsilon:g} "
+                    f"(δ = {policy.record_delta:g})")
+        return None
+
+    def _ledger(self) -> Ledger:
+        if self._ledger_db is None:
+            assert self.config.state_dir is not None
+            self._ledger_db = Ledger(self.config.state_dir / "ledger.sqlite")
+        return self._ledger_db
+
+    def _dataset_id(self) -> str:
+        if self._dataset_digest is None:
+            self._dataset_digest = dataset_id(self.config.data_path)
+        return self._dataset_digest
+
+    def _charge(self, accepted: _Accepted, secure: bool) -> None:
+        """Write the record-level charge before the update leaves the site.
+
+        Plain mode releases the update itself: the charge is committed at once. Secure mode
+        releases only the aggregate: the charge stays pending until the round's result says
+        whether anything was released (and counts as spent until then).
+        """
+        job, ref = accepted.job, accepted.offer.ref
+        if not job.record_dp.enabled or accepted.offer.evaluate_only:
+            return
+        ledger = self._ledger()
+        ledger.reserve(self._dataset_id(), ref.run_id, ref.round, job.job_id,
+                       record_level_release(job))
+        if not secure:
+            ledger.commit(ref.run_id, ref.round)
+        log_event(log, "privacy_charged", run=ref.run_id, round=ref.round,
+                  site=self.config.site_id, pending=secure,
+                  dataset_epsilon=round(ledger.spent(self._dataset_id(),
+                                                     self.config.policy.record_delta), 4))
 
     # ------------------------------------------------------------------ input
 
@@ -291,6 +365,7 @@ class SiteAgent(SecureSiteMixin):
             log_event(log, "input_shape_mismatch", logging.ERROR, run=ref.run_id, round=ref.round,
                       site=self.config.site_id)
             return
+        self._charge(accepted, secure=False)
         self._submit(ref, vector, metrics)
         self.outcome.rounds_contributed += 0 if offer.evaluate_only else 1
         log_event(log, "input_sent", run=ref.run_id, round=ref.round, site=self.config.site_id,
@@ -338,10 +413,19 @@ class SiteAgent(SecureSiteMixin):
             return np.zeros(0, dtype=np.float32), pb.PlainMetrics(
                 eval_loss_sum=evaluation.loss_sum, eval_correct=min(evaluation.correct, cap),
                 eval_count=min(evaluation.count, cap))
-        seed = int.from_bytes(hashlib.sha256(
-            f"{job.training.seed}/{round_id}/{self.config.site_id}".encode()).digest()[:8], "big")
-        result = trainer.train(model, train_data, job.training, seed)
+        if job.record_dp.enabled:
+            r = job.record_dp
+            result = trainer.train_dp_sgd(model, train_data, job.training, r.noise_multiplier,
+                                          r.max_grad_norm, r.sample_rate)
+        else:
+            seed = int.from_bytes(hashlib.sha256(
+                f"{job.training.seed}/{round_id}/{self.config.site_id}".encode()).digest()[:8],
+                "big")
+            result = trainer.train(model, train_data, job.training, seed)
         delta = models.get_flat(model).astype(np.float64) - global_params.astype(np.float64)
+        if job.site_dp.mode != "none":
+            # DP-FedAvg: every site's contribution is bounded by the clip norm C
+            delta, _ = clip_l2(delta, job.site_dp.clip_norm)
         weight = float(min(len(train_data), cap)) if job.training.weighting == "examples" else 1.0
         metrics = pb.PlainMetrics(
             train_loss_sum=result.loss_sum, eval_loss_sum=evaluation.loss_sum,

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedtune.logs import log_event
+from fedtune.privacy.distributed_dp import site_encode
 from fedtune.privacy.input_encoding import InputEncoding, encode
 from fedtune.privacy.secagg import RoundParameters, SecAggError, SiteRound
 from fedtune.privacy.signatures import (
@@ -37,6 +39,7 @@ from fedtune.privacy.signatures import (
     survivors_statement,
     verify,
 )
+from fedtune.privacy_plan import distributed_params, rotation_seed
 from fedtune.proto import fedtune_pb2 as pb
 
 if TYPE_CHECKING:
@@ -104,9 +107,12 @@ class SecureSiteMixin:
             return
         job = state.accepted.job
         sa, training = job.secure_aggregation, job.training
+        distributed = (job.site_dp.mode == "distributed"
+                       and not state.accepted.offer.evaluate_only)
         state.encoding = InputEncoding(
             bits=sa.bits, n_summands=len(params.sites),
-            length=0 if state.accepted.offer.evaluate_only else
+            # distributed DP encodes the update itself; the encoding then holds metrics only
+            length=0 if state.accepted.offer.evaluate_only or distributed else
             int(np.prod(state.accepted.offer.parameters.shape)),
             value_range=sa.value_range,
             max_weight=float(training.max_examples) if training.weighting == "examples" else 1.0,
@@ -174,15 +180,28 @@ class SecureSiteMixin:
         vector, metrics = self.compute_input(accepted.job, global_params,
                                              accepted.offer.evaluate_only, ref.round)
         enc = state.encoding
-        # w·clip(Δ, ±R) = clip(w·Δ, ±w·R): the bound the quantiser was scaled for
-        bound = max(metrics.weight, 1.0) * enc.value_range
-        clipped = np.clip(vector.astype(np.float64), -bound, bound)
-        n_clipped = int(np.count_nonzero(clipped != vector))
-        quantised = encode(clipped, {
+        job = accepted.job
+        metric_values = {
             "weight": metrics.weight, "train_loss_sum": metrics.train_loss_sum,
             "train_count": metrics.train_count, "eval_loss_sum": metrics.eval_loss_sum,
             "eval_correct": metrics.eval_correct, "eval_count": metrics.eval_count,
-        }, enc, np.random.default_rng())
+        }
+        # rounding and DP noise must be secret: a fresh generator seeded from the OS
+        rng = np.random.default_rng(secrets.randbits(128))
+        n_clipped = 0
+        if job.site_dp.mode == "distributed" and not accepted.offer.evaluate_only:
+            # clip → rotate → scale → round → Skellam noise, in the ring (Agarwal et al. 2021)
+            dp = distributed_params(job, vector.shape[0])
+            update_part = site_encode(vector.astype(np.float64), dp,
+                                      rotation_seed(accepted.offer.round_seed), rng)
+            quantised = np.concatenate([update_part, encode(np.zeros(0), metric_values, enc,
+                                                            rng)])
+        else:
+            # w·clip(Δ, ±R) = clip(w·Δ, ±w·R): the bound the quantiser was scaled for
+            bound = max(metrics.weight, 1.0) * enc.value_range
+            clipped = np.clip(vector.astype(np.float64), -bound, bound)
+            n_clipped = int(np.count_nonzero(clipped != vector))
+            quantised = encode(clipped, metric_values, enc, rng)
         state.quantised = quantised
         try:
             masked = state.secrets.mask(quantised)
@@ -196,6 +215,7 @@ class SecureSiteMixin:
             return
         wire = masked.astype(dtype)
         self._maybe_drop("input", ref)
+        self._charge(accepted, secure=True)
         self._submit(ref, wire, metrics=None)
         self.outcome.rounds_contributed += 0 if accepted.offer.evaluate_only else 1
         log_event(log, "input_sent", run=ref.run_id, round=ref.round, site=self.config.site_id,

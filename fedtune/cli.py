@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--peers", type=Path,
                    help="TOML file with the coordinator's and the peer sites' identity keys, "
                         "obtained out of band (required for secure aggregation)")
+    a.add_argument("--state-dir", type=Path,
+                   help="folder for the site's privacy ledger (ledger.sqlite); required for "
+                        "jobs with record-level DP")
     a.add_argument("--ca-cert", type=Path, help="CA certificate that signed the coordinator's")
     a.add_argument("--tls-cert", type=Path, help="site certificate, for mutual TLS")
     a.add_argument("--tls-key", type=Path, help="site TLS key, for mutual TLS")
@@ -230,7 +233,7 @@ def _site(args: argparse.Namespace) -> int:
     agent = SiteAgent(SiteAgentConfig(
         coordinator=args.coordinator, site_id=args.site_id, identity=identity,
         data_path=args.data, policy=policy, tls=tls, give_up_after_s=args.give_up_after,
-        peers=peers, drop_at=drop_at))
+        peers=peers, drop_at=drop_at, state_dir=args.state_dir))
 
     def on_signal(signum, frame):
         agent.stop()

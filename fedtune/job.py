@@ -45,11 +45,15 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class RecordLevelDPConfig:
+    """DP-SGD at every site; Poisson sampling at ``sample_rate`` (ε is the same at every site)."""
+
     enabled: bool = False
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
+    #: the job's promise per site; 0: only the sites' own policy budgets apply
     target_epsilon: float = 0.0
     delta: float = 1e-5
+    sample_rate: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class SiteLevelDPConfig:
     noise_multiplier: float = 0.0
     target_epsilon: float = 0.0
     delta: float = 1e-5
+    #: set by the coordinator to the number of enrolled sites (distributed DP's scaling)
+    max_sites: int = 0
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,11 @@ def parse_job(job: Fields) -> JobConfig:
         max_grad_norm=r.number("max_grad_norm", 1.0, minimum=0.0, exclusive_minimum=True),
         target_epsilon=r.number("target_epsilon", 0.0, minimum=0.0),
         delta=r.number("delta", 1e-5, minimum=0.0, maximum=1.0),
+        sample_rate=r.number("sample_rate", 0.01, minimum=0.0, maximum=1.0,
+                             exclusive_minimum=True),
     )
+    if record_dp.enabled and record_dp.noise_multiplier <= 0:
+        raise r.error("noise_multiplier", "DP-SGD needs a noise multiplier > 0")
     r.reject_unknown()
     s = privacy.sub("site_level")
     site_dp = SiteLevelDPConfig(
@@ -205,8 +215,18 @@ def parse_job(job: Fields) -> JobConfig:
         deadlines=deadlines,
     )
     job.reject_unknown()
-    if site_dp.mode != "none" or record_dp.enabled:
-        raise privacy.error("", "differential privacy is not implemented yet in this version")
+    if site_dp.mode != "none":
+        if site_dp.clip_norm <= 0:
+            raise s.error("clip_norm", f"site-level DP ({site_dp.mode}) needs clip_norm > 0")
+        if site_dp.noise_multiplier <= 0 and site_dp.target_epsilon <= 0:
+            raise s.error("noise_multiplier", "set noise_multiplier > 0, or target_epsilon > 0 "
+                          "to have the coordinator calibrate it")
+        if training.weighting != "uniform":
+            raise t.error("weighting", "site-level DP bounds each site's contribution: use "
+                          "weighting = \"uniform\"")
+        if site_dp.mode == "distributed" and not secagg.enabled:
+            raise s.error("mode", "distributed DP adds noise under secure aggregation: enable "
+                          "[job.secure_aggregation]")
     return config
 
 
@@ -239,6 +259,7 @@ def job_to_proto(job: JobConfig) -> pb.Job:
                 max_grad_norm=job.record_dp.max_grad_norm,
                 target_epsilon=job.record_dp.target_epsilon,
                 delta=job.record_dp.delta,
+                sample_rate=job.record_dp.sample_rate,
             ),
             site_level=pb.SiteLevelDP(
                 mode=job.site_dp.mode,
@@ -246,6 +267,7 @@ def job_to_proto(job: JobConfig) -> pb.Job:
                 noise_multiplier=job.site_dp.noise_multiplier,
                 target_epsilon=job.site_dp.target_epsilon,
                 delta=job.site_dp.delta,
+                max_sites=job.site_dp.max_sites,
             ),
         ),
         secure_aggregation=pb.SecureAggregationSpec(
@@ -292,6 +314,7 @@ def job_from_proto(message: pb.Job) -> JobConfig:
             max_grad_norm=message.privacy.record_level.max_grad_norm,
             target_epsilon=message.privacy.record_level.target_epsilon,
             delta=message.privacy.record_level.delta,
+            sample_rate=message.privacy.record_level.sample_rate,
         ),
         site_dp=SiteLevelDPConfig(
             mode=message.privacy.site_level.mode or "none",
@@ -299,6 +322,7 @@ def job_from_proto(message: pb.Job) -> JobConfig:
             noise_multiplier=message.privacy.site_level.noise_multiplier,
             target_epsilon=message.privacy.site_level.target_epsilon,
             delta=message.privacy.site_level.delta,
+            max_sites=message.privacy.site_level.max_sites,
         ),
         secure_aggregation=SecureAggregationConfig(
             enabled=message.secure_aggregation.enabled,

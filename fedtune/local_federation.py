@@ -166,7 +166,8 @@ def start_site(fed: LocalFederation, site: SiteFiles, log_name: str | None = Non
         return subprocess.Popen(
             [sys.executable, "-m", "fedtune", "site", "--coordinator", fed.address,
              "--site-id", site.site_id, "--identity", str(site.key), "--data", str(site.data),
-             "--policy", str(site.policy), "--peers", str(fed.peers), "--insecure",
+             "--policy", str(site.policy), "--peers", str(fed.peers),
+             "--state-dir", str(fed.root / "state" / site.site_id), "--insecure",
              *(extra or [])],
             stdout=out, stderr=subprocess.STDOUT, env=_env())
 

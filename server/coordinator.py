@@ -29,14 +29,17 @@ from fedtune.federation import FederationConfig
 from fedtune.identity import load_identity
 from fedtune.job import job_digest, job_to_proto
 from fedtune.logs import log_event
+from fedtune.privacy.distributed_dp import gaussian_noise
 from fedtune.privacy.secagg import SecAggError
 from fedtune.privacy.signatures import SignatureError, auth_statement, public_key_from_raw, verify
+from fedtune.privacy_plan import finalize_job
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.server import checkpoint as ckpt
 from fedtune.server.aggregation import WeightedSum
 from fedtune.server.behaviour import HonestBehaviour
 from fedtune.server.errors import invalid, precondition, unauthenticated
 from fedtune.server.optimisers import ServerOptimizer
+from fedtune.server.privacy_budget import PrivacyBudget
 from fedtune.server.round_state import RoundState, SiteInput
 from fedtune.server.secure_phases import SecurePhasesMixin, SecureSum
 from fedtune.tensor_codec import spec_for, to_bytes
@@ -92,11 +95,16 @@ class Coordinator(SecurePhasesMixin):
         self.history: list[pb.RoundSummary] = []
         self.final_metrics: pb.AggregateMetrics | None = None
 
+        self._set_params(models.initial_parameters(self.job.model, seed=self.job.training.seed))
+        # fill in max_sites and calibrate σ from the target ε: the job as offered
+        self.job = finalize_job(self.job, len(config.sites), self.params.size)
         self.job_proto = job_to_proto(self.job)
         self.job_digest = job_digest(self.job_proto)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_id = self._load_run_id()
-        self._set_params(models.initial_parameters(self.job.model, seed=self.job.training.seed))
+        self.budget = PrivacyBudget(self.job, self.params.size)
+        #: why training stopped before job.rounds (a privacy budget), or ""
+        self.budget_stop = ""
         self.optimiser = ServerOptimizer(self.job.server_optimizer, self.params.size)
         self.completed_rounds = 0
         self.next_round_id = 1
@@ -136,6 +144,8 @@ class Coordinator(SecurePhasesMixin):
         self._set_params(state.params.astype(np.float32))
         self.optimiser.load_state(state.optimiser_state)
         self.completed_rounds = int(state.meta["completed_rounds"])
+        self.budget.load_state(state.meta.get("privacy", {}))
+        self.budget_stop = str(state.meta.get("budget_stop", ""))
         self.history, self.final_metrics = ckpt.read_history(self.run_dir)
         self.finished = self.final_metrics is not None
         log_event(log, "resumed", run=self.run_id, round=self.next_round_id,
@@ -147,6 +157,8 @@ class Coordinator(SecurePhasesMixin):
             "job_digest": self.job_digest.hex(),
             "completed_rounds": self.completed_rounds,
             "history": [h.SerializeToString(deterministic=True).hex() for h in history],
+            "privacy": self.budget.state(),
+            "budget_stop": self.budget_stop,
             "final_metrics": (self.final_metrics.SerializeToString(deterministic=True).hex()
                               if self.final_metrics is not None else ""),
         }
@@ -356,7 +368,7 @@ class Coordinator(SecurePhasesMixin):
                                      last_seen=live.last_seen, last_refusal=live.last_refusal)
                        for s, live in sorted(self._liveness.items())],
                 history=list(self.history),
-                epsilon_spent=0.0,
+                epsilon_spent=self.budget.site_epsilon(),
             )
 
     # ------------------------------------------------------------------ run loop
@@ -370,7 +382,14 @@ class Coordinator(SecurePhasesMixin):
         """Run rounds until the job is done (then one evaluation round) or :meth:`stop`."""
         aborts_in_a_row = 0
         while not self._stop.is_set() and not self.finished:
-            evaluate_only = self.completed_rounds >= self.job.rounds
+            evaluate_only = self.completed_rounds >= self.job.rounds or bool(self.budget_stop)
+            if not evaluate_only:
+                refusal = self.budget.refusal()
+                if refusal:
+                    self.budget_stop = refusal
+                    evaluate_only = True
+                    log_event(log, "budget_exhausted", logging.WARNING, run=self.run_id,
+                              completed_rounds=self.completed_rounds, reason=refusal)
             participants = self._gather_sites()
             if participants is None:
                 break
@@ -461,10 +480,18 @@ class Coordinator(SecurePhasesMixin):
         else:
             if metric_sums.weight <= 0:
                 return self._abort(r, "the aggregate carries no weight")
+            if self.job.site_dp.mode == "central":
+                # DP-FedAvg, central mode: N(0, (σC)²) on the sum of clipped updates
+                update_sum = update_sum + gaussian_noise(
+                    update_sum.shape, self.job.site_dp.noise_multiplier * self.job.site_dp.clip_norm,
+                    np.random.default_rng(secrets.randbits(128)))
             self._set_params(self.optimiser.step(self.params, update_sum / metric_sums.weight))
             self.completed_rounds += 1
+            self.budget.charge_round(round_id)
         # the checkpoint is on disk before anyone is told the round completed
         self._checkpoint(self.history + [summary])
+        ckpt.atomic_write(self.run_dir / "privacy.json",
+                          json.dumps(self.budget.report(), indent=2).encode())
         with self._cond:
             self.history.append(summary)
             if evaluate_only:
@@ -475,6 +502,8 @@ class Coordinator(SecurePhasesMixin):
                   phase="aggregate", contributors=len(contributors), dropouts=dropouts,
                   completed_rounds=self.completed_rounds, evaluate_only=evaluate_only,
                   secure=secure, eval_accuracy=round(metrics.eval_accuracy, 4),
+                  site_epsilon=round(self.budget.site_epsilon(), 4),
+                  record_epsilon=round(self.budget.record_epsilon(), 4),
                   eval_loss=round(metrics.eval_loss, 4),
                   train_loss=round(metrics.train_loss, 4))
         return True

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedtune.logs import log_event
-from fedtune.privacy.input_encoding import InputEncoding, decode_sum
+from fedtune.privacy.distributed_dp import DistributedDPParams, server_decode
+from fedtune.privacy.input_encoding import METRIC_FIELDS, InputEncoding, decode_sum
 from fedtune.privacy.masks import mod_sum
 from fedtune.privacy.secagg import RoundParameters, SecAggError, unmask_sum
 from fedtune.privacy.signatures import (
@@ -30,6 +31,7 @@ from fedtune.privacy.signatures import (
     survivors_statement,
     verify,
 )
+from fedtune.privacy_plan import distributed_params, rotation_seed
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.server.errors import invalid, precondition, unauthenticated
 from fedtune.server.round_state import RoundState
@@ -50,18 +52,30 @@ class SecurePhasesMixin:
 
     # -- helpers -------------------------------------------------------------------------
 
+    def _distributed(self: Coordinator, r: RoundState) -> bool:
+        return self.job.site_dp.mode == "distributed" and not r.evaluate_only
+
+    def _update_length(self: Coordinator, r: RoundState) -> int:
+        """Coordinates of the update part of a masked vector."""
+        if r.evaluate_only:
+            return 0
+        if self._distributed(r):
+            return distributed_params(self.job, self.params.size).padded_dimension
+        return self.params.size
+
     def _encoding(self: Coordinator, r: RoundState) -> InputEncoding:
+        """How the update (unless distributed DP encodes it) and the metrics are quantised."""
         assert r.params is not None
         sa, training = self.job.secure_aggregation, self.job.training
         return InputEncoding(
             bits=sa.bits, n_summands=len(r.params.sites),
-            length=0 if r.evaluate_only else self.params.size,
+            length=0 if r.evaluate_only or self._distributed(r) else self.params.size,
             value_range=sa.value_range,
             max_weight=float(training.max_examples) if training.weighting == "examples" else 1.0,
             max_examples=float(training.max_examples), loss_bound=sa.loss_bound)
 
     def _secure_expected_input(self: Coordinator, r: RoundState) -> pb.TensorSpec:
-        n = self._encoding(r).total_length
+        n = self._update_length(r) + len(METRIC_FIELDS)
         dtype = ring_dtype(self.job.secure_aggregation.bits)
         return pb.TensorSpec(dtype=dtype, shape=[n], nbytes=n * int(dtype[-1]))
 
@@ -250,10 +264,12 @@ class SecurePhasesMixin:
         self._wait_until(r.unmask_complete, r.deadline)
         # nothing a site sends can change the round from here on
         r.phase = pb.PHASE_AGGREGATE
+        dp = (distributed_params(self.job, self.params.size), rotation_seed(self._round_seed),
+              self.params.size) if self._distributed(r) else None
         return SecureSum(params, [r.masked[s] for s in survivors], survivors, dropouts,
                          {s: r.advertisements[s].advertisement.mask_public_key
                           for s in advertised},
-                         dict(r.relayed), r.revealed, self._encoding(r))
+                         dict(r.relayed), r.revealed, self._encoding(r), dp)
 
 
 class SecureSum:
@@ -262,17 +278,24 @@ class SecureSum:
     def __init__(self, params: RoundParameters, masked: list[np.ndarray], survivors: list[str],
                  dropouts: list[str], mask_keys: dict[str, bytes],
                  relayed: dict[str, tuple[str, ...]],
-                 revealed: dict[str, dict[str, dict[str, bytes]]], encoding: InputEncoding
-                 ) -> None:
+                 revealed: dict[str, dict[str, dict[str, bytes]]], encoding: InputEncoding,
+                 distributed: tuple[DistributedDPParams, bytes, int] | None = None) -> None:
         self.params, self.masked = params, masked
         self.survivors, self.dropouts = survivors, dropouts
         self.mask_keys, self.relayed, self.revealed = mask_keys, relayed, revealed
         self.encoding = encoding
+        self.distributed = distributed
 
     def unmask(self) -> tuple[np.ndarray, pb.PlainMetrics]:
         """(Σ w·Δ, metric sums); raises :class:`SecAggError` when the masks cannot be removed."""
         bits = self.params.bits
         total = unmask_sum(self.params, mod_sum(self.masked, bits), self.survivors,
                            self.dropouts, self.mask_keys, self.relayed, self.revealed)
-        update_sum, metric_sums = decode_sum(total, self.encoding)
+        if self.distributed is None:
+            update_sum, metric_sums = decode_sum(total, self.encoding)
+        else:
+            # distributed DP: the update part is the noisy, rotated, scaled integer sum
+            dp, seed, length = self.distributed
+            update_sum = server_decode(total[:dp.padded_dimension], dp, seed, length)
+            _, metric_sums = decode_sum(total[dp.padded_dimension:], self.encoding)
         return update_sum, pb.PlainMetrics(**metric_sums)

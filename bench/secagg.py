@@ -1,0 +1,963 @@
+"""Secure-aggregation overhead: fedtune plain vs fedtune secure vs Flower's SecAgg+, side by side.
+
+What it runs, for every (sites n, parameters m), in one invocation
+    1. **fedtune plain**: the real coordinator (``fedtune.server.app.start``, this process,
+       insecure loopback, port 0) and ``n`` real site agents as threads of this process over
+       real loopback gRPC, training switched off (``ZeroWorkSite`` of
+       ``bench/round_overhead.py``: ``compute_input`` returns a fixed float32 vector);
+       ``secure_aggregation.enabled = false``.
+    2. **fedtune secure**: the same, with ``secure_aggregation.enabled = true``: the federation
+       written by ``fedtune.local_federation.prepare`` (coordinator identity key, the sites'
+       ``peers.toml``), defaults t = ⌊n/2⌋+1, k = the default neighbour degree, b = 32.
+    3. **Flower SecAgg+** (``flwr``, the ``bench`` extra), in a child process:
+       ``SecAggPlusWorkflow`` driven round by round, in-process, through :class:`DirectGrid`,
+       a ``Grid`` that hands each message to a ``ClientApp`` wrapped in ``secaggplus_mod``
+       (no network, no SuperLink, no simulation engine). Each client returns a fixed float32
+       update of ``m`` parameters. The *plain Flower* baseline is ``default_fit_workflow``
+       (FedAvg) through the same grid, with the same clients and no mod.
+
+What it reports (medians over the measured rounds, after one warm-up round)
+    * seconds per round for the three; fedtune's overhead ``secure − plain`` and the ratio
+      ``secure ÷ plain``; Flower's overhead ``SecAgg+ − plain Flower`` (same harness); and
+      ``Flower overhead ÷ fedtune overhead`` (“× less overhead than Flower”);
+    * bytes one fedtune site uploads per parameter in secure mode (its ``InputChunk``
+      stream), and with every other secure-phase request added;
+    * masking vs the keystream bound: CPU time a site thread spends in ``SiteRound.mask`` ÷
+      (cipher bytes it expanded ÷ raw AES-256-CTR rate from
+      ``fedtune.privacy.masks.keystream_bytes_per_second``, measured in the same run).
+
+Run ``python bench/secagg.py --help``; ``bench/README.md`` explains the columns and the bench
+virtual environment (``flwr`` must not go into the project's main environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import logging
+import math
+import multiprocessing
+import os
+import platform
+import queue
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from fedtune.client.agent import SiteAgentConfig
+from fedtune.federation import load_federation
+from fedtune.identity import load_identity
+from fedtune.local_federation import default_job, prepare
+from fedtune.peers import load_peers
+from fedtune.policy import PolicyConfig
+from fedtune.privacy import masks
+from fedtune.privacy.neighbours import default_degree
+from fedtune.privacy.secagg import SiteRound
+from fedtune.server import app
+from fedtune.server.secure_phases import SecureSum
+
+# a sibling benchmark, not a package: bench/ is on sys.path when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from round_overhead import (
+    HOST,
+    NUM_CLASSES,
+    EventLog,
+    Recorder,
+    ZeroWorkSite,
+    memory_floor_s,
+    mlp_for,
+    parse_count,
+)
+
+TARGET_LESS_OVERHEAD = 9.0  # × less overhead than Flower's SecAgg+ …
+TARGET_LESS_OVERHEAD_AT = (20, 1_000_000)  # … at (sites, parameters)
+TARGET_MASK_X_BOUND = 3.0  # per-site masking within 3× of the keystream bound
+TARGET_UPLOAD_BYTES_PER_PARAM = 4.1  # at b = 32
+BITS = 32
+
+RESULTS = Path(__file__).resolve().parent / "results" / "secagg.json"
+SKIPPED = "skipped (budget)"
+#: Flower's SecAggPlusWorkflow defaults we keep (its num_shares and reconstruction_threshold
+#: have no default; they are set per n to fedtune's k + 1 and t, see flower_parameters)
+FLOWER_DEFAULTS = {"clipping_range": 8.0, "quantization_range": 2**22,
+                   "modulus_range": 2**32, "max_weight": 1000.0}
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def secagg_shape(n: int) -> tuple[int, int]:
+    """fedtune's defaults for ``n`` sites: (threshold t, neighbour degree k).
+
+    As :meth:`fedtune.privacy.secagg.RoundParameters.derive`: t = ⌊n/2⌋+1 (more than half,
+    Bonawitz et al. 2017 §4), k = max(default_degree, t) capped at n − 1.
+    """
+    t = n // 2 + 1
+    return t, min(max(default_degree(n, t), t), n - 1)
+
+
+def flower_parameters(n: int) -> dict[str, int]:
+    """Flower's ``num_shares`` and ``reconstruction_threshold`` matched to fedtune's graph.
+
+    Flower's neighbour set of a node includes the node itself (it keeps one share), so a
+    node with fedtune's k neighbours is ``num_shares = k + 1``; the threshold is fedtune's t.
+    Both are odd/even the way Flower wants (k is even, so num_shares is odd).
+    """
+    t, k = secagg_shape(n)
+    return {"num_shares": k + 1, "reconstruction_threshold": t}
+
+
+def update_vector(size: int, seed: int) -> np.ndarray:
+    """A site's fixed float32 update, as ``ZeroWorkSite`` draws it (|Δ| ≪ clipping ranges)."""
+    return (np.random.default_rng(seed).standard_normal(size) * 1e-3).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- instrumentation
+
+
+@dataclass(frozen=True)
+class MaskCall:
+    """One ``SiteRound.mask`` call: a site masking its quantised input in one round."""
+
+    site: str
+    thread: str
+    start: float  # time.time(), the clock of the coordinator's log records
+    end: float
+    cpu_s: float  # time.thread_time() of the calling thread
+    cipher_bytes: int  # keystream expanded: (1 self mask + one per neighbour) × m' × 4 B
+    masks: int
+    length: int
+
+
+class SecureProbe:
+    """Wraps ``SiteRound.mask`` and ``SecureSum.unmask`` while a configuration runs."""
+
+    def __init__(self) -> None:
+        self.calls: list[MaskCall] = []
+        self.unmask_spans: list[tuple[float, float]] = []
+        #: one (SiteRound, quantised input) kept to replay the masking on an idle machine
+        self.sample: tuple[SiteRound, np.ndarray] | None = None
+        self._original_mask = SiteRound.__dict__["mask"]
+        self._original_unmask = SecureSum.__dict__["unmask"]
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        original_mask, original_unmask = self._original_mask, self._original_unmask
+        probe = self
+
+        @functools.wraps(original_mask)
+        def mask(site_round: SiteRound, quantised: np.ndarray) -> np.ndarray:
+            start, cpu0 = time.time(), time.thread_time()
+            out = original_mask(site_round, quantised)
+            cpu, end = time.thread_time() - cpu0, time.time()
+            assert site_round.params is not None
+            width = 4 if site_round.params.bits <= 32 else 8  # masks.expand_mask's layout
+            n_masks = 1 + len(site_round.mask_peers)
+            probe.calls.append(MaskCall(site_round.site_id, threading.current_thread().name,
+                                        start, end, cpu, n_masks * width * quantised.shape[0],
+                                        n_masks, int(quantised.shape[0])))
+            # keep the largest input (a training round's, not the evaluation round's metrics)
+            if probe.sample is None or quantised.shape[0] >= probe.sample[1].shape[0]:
+                probe.sample = (site_round, quantised)
+            return out
+
+        @functools.wraps(original_unmask)
+        def unmask(secure_sum: SecureSum) -> Any:
+            start = time.time()
+            try:
+                return original_unmask(secure_sum)
+            finally:
+                probe.unmask_spans.append((start, time.time()))
+
+        SiteRound.mask = mask  # type: ignore[method-assign]
+        SecureSum.unmask = unmask  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            SiteRound.mask = original_mask  # type: ignore[method-assign]
+            SecureSum.unmask = original_unmask  # type: ignore[method-assign]
+
+    def replay_mask_s(self, repeats: int = 5) -> float | None:
+        """CPU time of one site's ``mask`` replayed alone (same keys, same input), median.
+
+        Thread CPU time, as in the run: on a shared machine wall time also counts whatever
+        else runs. The replay only recomputes the masked vector; nothing is sent.
+        """
+        if self.sample is None:
+            return None
+        site_round, quantised = self.sample
+        times = []
+        for _ in range(repeats):
+            start = time.thread_time()
+            self._original_mask(site_round, quantised)
+            times.append(time.thread_time() - start)
+        return median(times)
+
+
+@contextlib.contextmanager
+def captured_events(name: str, level: int) -> Iterator[EventLog]:
+    """Collect the structured events of logger ``name`` (and keep them off stderr)."""
+    logger = logging.getLogger(name)
+    handler = EventLog()
+    old_level = logger.level
+    logger.setLevel(level)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+# ---------------------------------------------------------------------------- fedtune
+
+
+def fedtune_job(n: int, input_dim: int, hidden: int, training_rounds: int, secure: bool,
+                size: int) -> dict[str, Any]:
+    job = default_job({"id": "tabular-mlp", "input_dim": input_dim, "hidden": hidden,
+                       "num_classes": NUM_CLASSES}, training_rounds, min_sites=n, secure=secure)
+    job["job_id"] = "secagg-bench"
+    job["training"]["weighting"] = "uniform"
+    job["secure_aggregation"]["bits"] = BITS
+    # Every site answers at once, so no phase waits on a deadline; the deadlines are short
+    # ceilings that turn a stuck site into a dropout (and an aborted round) within seconds.
+    # The input phase scales with the masking work, n·k·m keystream words on two cores.
+    _, k = secagg_shape(n)
+    job["deadlines"] = {"gather": 0.5, "offer": 10.0, "keys": 10.0, "unmask": 10.0,
+                        "input": 20.0 + 4e-8 * n * (k + 1) * size}
+    return job
+
+
+def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_s: float
+                ) -> dict[str, Any]:
+    """One fedtune run (plain or secure) of ``1 + measured_rounds`` training rounds."""
+    input_dim, hidden, size = mlp_for(target)
+    warmup = 1
+    training_rounds = warmup + measured_rounds
+    probe = SecureProbe()
+    result: dict[str, Any] = {"mode": "secure" if secure else "plain", "warmup_rounds": warmup}
+    with tempfile.TemporaryDirectory(prefix="fedtune-secagg-bench-") as tmp, \
+            captured_events("fedtune.server", logging.INFO) as events, \
+            captured_events("fedtune.site", logging.WARNING) as site_events, \
+            probe.installed():
+        root = Path(tmp)
+        fed_files = prepare(root, dataset="digits", n_sites=n, rounds=training_rounds,
+                            job=fedtune_job(n, input_dim, hidden, training_rounds, secure, size))
+        config = load_federation(fed_files.federation)
+        assert fed_files.peers is not None
+        peers = load_peers(fed_files.peers)
+        running = app.start(config, host=HOST, port=0, insecure=True, run_dir=fed_files.run_dir)
+        initial = running.coordinator.params.copy()
+        if int(initial.size) != size:
+            raise AssertionError(f"parameter count {initial.size} != {size}")
+        agents = [ZeroWorkSite(SiteAgentConfig(
+            coordinator=f"{HOST}:{running.port}", site_id=s.site_id,
+            identity=load_identity(s.key), data_path=root / "unused.csv",
+            policy=PolicyConfig(("tabular-mlp",)), give_up_after_s=30.0,
+            peers=peers if secure else None), size, input_dim, seed=i, recorder=Recorder())
+            for i, s in enumerate(fed_files.sites)]
+        threads = [threading.Thread(target=a.run, name=a.config.site_id, daemon=True)
+                   for a in agents]
+        started = time.perf_counter()
+        try:
+            for t in threads:
+                t.start()
+            finished = running.wait(timeout=budget_s)
+            result["run_wall_s"] = time.perf_counter() - started
+            result["finished"] = finished
+            if finished and running.coordinator.failure:
+                raise RuntimeError(f"coordinator failed: {running.coordinator.failure}")
+            final = running.coordinator.params.copy()
+            completed = running.coordinator.completed_rounds
+        finally:
+            for a in agents:
+                a.stop()
+            running.stop(grace=0.5)
+            for t in threads:
+                t.join(timeout=10)
+        event_list = list(events.events)
+        # connection_lost / request_refused as the coordinator stops are expected at the end
+        result["site_warnings"] = [{"event": e, **{k: str(v) for k, v in f.items()}}
+                                   for _, e, f, _ in site_events.events]
+    stats = _fedtune_round_stats(event_list, warmup, probe, secure)
+    result.update(stats)
+    if not result["finished"]:
+        result["budget_exceeded"] = True
+        if not stats["rounds"]:
+            result["skipped"] = SKIPPED
+            return result
+    # FedAvg with server learning rate 1 and uniform weights: every completed training round
+    # moves the model by the mean site update (within quantisation in secure mode).
+    expected = initial + completed * np.mean([a._vector.astype(np.float64) for a in agents],
+                                             axis=0)
+    result["aggregate_max_abs_error"] = float(np.max(np.abs(final - expected)))
+    result["training_rounds_completed"] = completed
+    per_site_input = [a.traffic.input_bytes[r] for a in agents for r in stats["round_ids"]
+                      if r in a.traffic.input_bytes]
+    rounds_seen = max(len(a.traffic.input_bytes) for a in agents) or 1
+    other = median([a.traffic.other_sent / rounds_seen for a in agents])
+    input_bytes = median([float(b) for b in per_site_input])
+    result["bytes"] = {
+        "input_chunk_bytes_per_site_round": input_bytes,
+        "other_request_bytes_per_site_round": other,
+        "upload_bytes_per_param": input_bytes / size,
+        "upload_bytes_per_param_with_requests": (input_bytes + other) / size,
+    }
+    if secure:
+        result["mask_replay_s"] = probe.replay_mask_s()
+    return result
+
+
+def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]], warmup: int,
+                         probe: SecureProbe, secure: bool) -> dict[str, Any]:
+    starts: dict[int, tuple[float, dict[str, Any]]] = {}
+    phases: dict[int, dict[str, float]] = {}
+    completed: dict[int, float] = {}
+    warnings = []
+    for created, event, fields, level in event_list:
+        r = int(fields.get("round") or 0)
+        if event == "round_started":
+            starts[r] = (created, fields)
+        elif event == "phase_started":
+            phases.setdefault(r, {})[str(fields.get("phase"))] = created
+        elif event == "round_completed":
+            completed[r] = created
+        if level >= logging.WARNING:
+            warnings.append({"event": event, **{k: str(v) for k, v in fields.items()}})
+    training = sorted(r for r, (_, f) in starts.items() if not f.get("evaluate_only"))
+    measured = [r for r in training[warmup:] if r in completed]
+    rounds = []
+    for r in measured:
+        t0, t1 = starts[r][0], completed[r]
+        marks = phases.get(r, {})
+        entry: dict[str, Any] = {"round": r, "round_s": t1 - t0}
+        if secure:
+            share = marks.get("share_keys", t0)
+            masked = marks.get("masked_input", share)
+            check = marks.get("consistency_check", masked)
+            entry["phases_s"] = {"offer_advertise": share - t0, "share_keys": masked - share,
+                                 "masked_input": check - masked, "consistency_unmask_aggregate":
+                                 t1 - check}
+            entry["coordinator_unmask_s"] = sum(e - s for s, e in probe.unmask_spans
+                                                if t0 <= s and e <= t1)
+            calls = [c for c in probe.calls if t0 <= c.start and c.end <= t1]
+            entry["mask_calls"] = [asdict(c) for c in calls]
+        else:
+            entry["phases_s"] = {"offer": marks.get("masked_input", t0) - t0,
+                                 "input_aggregate": t1 - marks.get("masked_input", t0)}
+        rounds.append(entry)
+    out: dict[str, Any] = {"round_ids": measured, "rounds": rounds,
+                           "round_s": median([x["round_s"] for x in rounds]),
+                           "phases_s": {k: median([x["phases_s"][k] for x in rounds])
+                                        for k in (rounds[0]["phases_s"] if rounds else {})},
+                           "warnings": warnings}
+    if secure and rounds:
+        calls = [c for x in rounds for c in x["mask_calls"]]
+        out["coordinator_unmask_s"] = median([x["coordinator_unmask_s"] for x in rounds])
+        out["mask"] = {
+            "calls": len(calls),
+            "masks_per_site": median([float(c["masks"]) for c in calls]),
+            "cipher_bytes_per_site": median([float(c["cipher_bytes"]) for c in calls]),
+            "cpu_s_per_site": median([c["cpu_s"] for c in calls]),
+            "wall_s_per_site": median([c["end"] - c["start"] for c in calls]),
+            "cpu_s_per_site_max": max(c["cpu_s"] for c in calls),
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------- Flower
+
+
+def flower_worker(n: int, size: int, measured_rounds: int, out: Any) -> None:
+    """Child process: plain Flower rounds, then SecAgg+ rounds; one queue item per round.
+
+    Runs in its own process so that the parent can stop it at the configuration's time
+    budget (a thread running numpy cannot be interrupted) and so that Flower's imports and
+    memory stay out of the fedtune measurements.
+    """
+    try:
+        _flower_rounds(n, size, measured_rounds, out)
+    except BaseException:  # noqa: BLE001  (report it to the parent, which prints it)
+        out.put(("error", traceback.format_exc()))
+    out.put(("done", None))
+
+
+def _flower_rounds(n: int, size: int, measured_rounds: int, out: Any) -> None:
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.client import NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.clientapp import ClientApp
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common.serde import message_from_proto, message_to_proto
+    from flwr.compat.common import recorddict_compat as compat
+    from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
+    from flwr.server import ServerConfig
+    from flwr.server.client_manager import SimpleClientManager
+    from flwr.server.compat.grid_client_proxy import GridClientProxy
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+    from flwr.server.workflow.constant import Key as WorkflowKey
+    from flwr.server.workflow.default_workflows import default_fit_workflow
+    from flwr.serverapp.grid import Grid
+    from flwr.supercore.task_identity import TaskIdentity
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    # What flwr.server.compat.app sets before a ServerApp runs (Message() reads it).
+    run_id, server_node = 1, 1  # SUPERLINK_NODE_ID
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, server_node
+
+    class DirectGrid(Grid):
+        """A Grid that hands each message straight to its node's ClientApp.
+
+        Each message is copied through Flower's own protobuf encoding (``message_to_proto``
+        → bytes → ``message_from_proto``) in both directions, as a wire would copy it: the
+        workflow reuses one RecordDict for all nodes and ``secaggplus_mod`` edits what it
+        receives, so handing over the same object would be wrong. The messages of one
+        ``send_and_receive`` run in a thread pool, one thread per node, as fedtune's sites.
+        """
+
+        def __init__(self, nodes: dict[int, tuple[Any, Any]]) -> None:
+            self.nodes = nodes
+            self.pool = ThreadPoolExecutor(max_workers=len(nodes))
+            self.sent = self.received = 0
+            self.received_train: dict[int, int] = {}
+            self._lock = threading.Lock()
+
+        def set_run(self, run: Any) -> None:
+            self._run = run
+
+        @property
+        def run(self) -> Any:
+            return self._run
+
+        def create_message(self, content: Any, message_type: str, dst_node_id: int,
+                           group_id: str, ttl: float | None = None) -> Any:
+            return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+        def get_node_ids(self) -> list[int]:
+            return list(self.nodes)
+
+        def push_messages(self, messages: Any) -> Any:
+            raise NotImplementedError("DirectGrid delivers in send_and_receive")
+
+        def pull_messages(self, message_ids: Any) -> Any:
+            raise NotImplementedError("DirectGrid delivers in send_and_receive")
+
+        def _deliver(self, message: Any) -> Any:
+            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as a SuperLink does
+            wire = message_to_proto(message).SerializeToString()
+            inbound = message_from_proto(ProtoMessage.FromString(wire))
+            client_app, context = self.nodes[inbound.metadata.dst_node_id]
+            reply = client_app(inbound, context)
+            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            back = message_to_proto(reply).SerializeToString()
+            with self._lock:
+                self.sent += len(wire)
+                self.received += len(back)
+                node = inbound.metadata.dst_node_id
+                self.received_train[node] = max(self.received_train.get(node, 0), len(back))
+            return message_from_proto(ProtoMessage.FromString(back))
+
+        def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+            return list(self.pool.map(self._deliver, list(messages)))
+
+    node_ids = [1000 + i for i in range(n)]  # not SUPERLINK_NODE_ID
+    updates = {nid: update_vector(size, i) for i, nid in enumerate(node_ids)}
+    expected_mean = np.mean([u.astype(np.float64) for u in updates.values()], axis=0)
+    initial = np.zeros(size, dtype=np.float32)
+    # num_examples = max_weight: equal weights, and Flower's weight factor (num_examples ÷
+    # max_weight, quantised to 2^22 levels and multiplied into the update before quantising)
+    # is 1, so the small fixed updates keep their precision under the default ranges.
+    examples = int(FLOWER_DEFAULTS["max_weight"])
+
+    class ConstantClient(NumPyClient):  # type: ignore[misc]
+        def __init__(self, node_id: int) -> None:
+            self.node_id = node_id
+
+        def get_parameters(self, config: Any) -> list[np.ndarray]:
+            return [initial]
+
+        def fit(self, parameters: list[np.ndarray], config: Any
+                ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+            # a new model = the received one + a fixed update, as after local training
+            return [parameters[0] + updates[self.node_id]], examples, {}
+
+    def client_fn(context: Any) -> Any:
+        return ConstantClient(context.node_id).to_client()
+
+    for mode in ("plain", "secure"):
+        client_app = ClientApp(client_fn=client_fn,
+                               mods=[secaggplus_mod] if mode == "secure" else [])
+        nodes = {nid: (client_app, Context(run_id=run_id, node_id=nid, node_config={},
+                                            state=RecordDict(), run_config={}))
+                 for nid in node_ids}
+        grid = DirectGrid(nodes)
+        strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n,
+                          min_available_clients=n,
+                          initial_parameters=ndarrays_to_parameters([initial]))
+        manager = SimpleClientManager()
+        for nid in node_ids:
+            manager.register(GridClientProxy(nid, grid, run_id))
+        context = LegacyContext(Context(run_id=run_id, node_id=server_node, node_config={},
+                                        state=RecordDict(), run_config={}),
+                                config=ServerConfig(num_rounds=1 + measured_rounds),
+                                strategy=strategy, client_manager=manager)
+        # what DefaultWorkflow does before its round loop (default_init_params_workflow)
+        context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+            strategy.initialize_parameters(manager), keep_input=True)
+        cfg = ConfigRecord()
+        cfg[WorkflowKey.START_TIME] = time.time()
+        context.state.config_records[MAIN_CONFIGS_RECORD] = cfg
+        workflow = (SecAggPlusWorkflow(**flower_parameters(n), **FLOWER_DEFAULTS)
+                    if mode == "secure" else default_fit_workflow)
+        previous = initial.astype(np.float64)
+        for current_round in range(1, 2 + measured_rounds):
+            cfg[WorkflowKey.CURRENT_ROUND] = current_round  # DefaultWorkflow's round loop
+            grid.sent = grid.received = 0
+            grid.received_train = {}
+            start = time.perf_counter()
+            workflow(grid, context)  # the fit round, as DefaultWorkflow calls it
+            seconds = time.perf_counter() - start
+            params = parameters_to_ndarrays(compat.arrayrecord_to_parameters(
+                context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True))[0]
+            error = float(np.max(np.abs((params - previous) - expected_mean)))
+            previous = params.astype(np.float64)
+            out.put(("round", {"mode": mode, "round": current_round, "round_s": seconds,
+                               "aggregate_max_abs_error": error,
+                               "upload_bytes_per_param": median(
+                                   [float(b) for b in grid.received_train.values()]) / size,
+                               "bytes_to_clients": grid.sent,
+                               "bytes_from_clients": grid.received}))
+        grid.pool.shutdown()
+
+
+def run_flower(n: int, size: int, measured_rounds: int, budget_s: float) -> dict[str, Any]:
+    """Plain Flower and SecAgg+ rounds in a child process, stopped at ``budget_s``."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=flower_worker, args=(n, size, measured_rounds, out),
+                        name="flower-bench", daemon=True)
+    start = time.perf_counter()
+    child.start()
+    rounds: list[dict[str, Any]] = []
+    error = None
+    done = False
+    while not done:
+        left = budget_s - (time.perf_counter() - start)
+        if left <= 0:
+            break
+        try:
+            kind, payload = out.get(timeout=min(left, 1.0))
+        except queue.Empty:
+            if not child.is_alive() and out.empty():
+                error = error or f"the Flower process exited with code {child.exitcode}"
+                break
+            continue
+        if kind == "round":
+            rounds.append(payload)
+        elif kind == "error":
+            error = payload
+        else:
+            done = True
+    wall = time.perf_counter() - start
+    if child.is_alive():
+        child.terminate()
+    child.join(timeout=10)
+    if child.is_alive():
+        child.kill()
+        child.join(timeout=5)
+    result: dict[str, Any] = {"wall_s": wall, "finished": done and error is None,
+                              "parameters": {**flower_parameters(n), **FLOWER_DEFAULTS}}
+    if error:
+        result["error"] = error
+    for mode in ("plain", "secure"):
+        mine = [r for r in rounds if r["mode"] == mode]
+        measured = [r for r in mine if r["round"] > 1]  # round 1 is the warm-up
+        entry: dict[str, Any] = {"rounds": mine}
+        if measured:
+            entry["round_s"] = median([r["round_s"] for r in measured])
+            entry["aggregate_max_abs_error"] = max(r["aggregate_max_abs_error"] for r in measured)
+            entry["upload_bytes_per_param"] = median([r["upload_bytes_per_param"]
+                                                      for r in measured])
+            if len(measured) < measured_rounds:
+                entry["partial"] = f"{len(measured)} of {measured_rounds} rounds in the budget"
+        else:
+            entry["skipped"] = SKIPPED if not error else "failed"
+        result[mode] = entry
+    return result
+
+
+def flower_available() -> str | None:
+    """``None`` when flwr imports, else why not."""
+    try:
+        import flwr  # noqa: F401
+        from flwr.server.workflow import SecAggPlusWorkflow  # noqa: F401
+    except ImportError as exc:
+        return f"flwr is not installed ({exc}); pip install -e '.[bench]' in a bench venv"
+    return None
+
+
+# ---------------------------------------------------------------------------- one configuration
+
+
+def run_configuration(n: int, target: int, rounds: int, budget_s: float, with_flower: bool,
+                      skip: set[str]) -> dict[str, Any]:
+    input_dim, hidden, size = mlp_for(target)
+    t, k = secagg_shape(n)
+    r: dict[str, Any] = {"sites": n, "params_target": target, "params": size,
+                         "model": {"id": "tabular-mlp", "input_dim": input_dim, "hidden": hidden,
+                                   "num_classes": NUM_CLASSES},
+                         "secagg": {"threshold": t, "neighbours": k, "bits": BITS}}
+    for system, secure in (("fedtune_plain", False), ("fedtune_secure", True)):
+        if system in skip:
+            r[system] = {"skipped": SKIPPED, "why": "a smaller site count already exceeded "
+                                                  "the budget"}
+            continue
+        t0, load0 = time.perf_counter(), _load()
+        try:
+            r[system] = run_fedtune(n, target, rounds, secure, budget_s)
+        except Exception as exc:  # noqa: BLE001  (report it, run the other configurations)
+            r[system] = {"error": f"{type(exc).__name__}: {exc}"}
+        r[system]["config_wall_s"] = time.perf_counter() - t0
+        r[system]["load_1min"] = [load0, _load()]
+        _progress(n, system, r[system])
+    # physical references, measured right after the fedtune runs on the same machine
+    r["keystream_bytes_per_s"] = masks.keystream_bytes_per_second(0.3)
+    r["np_add_s"] = memory_floor_s(n, size)
+    if not with_flower:
+        r["flower"] = {"skipped": "not run"}
+    elif "flower" in skip:
+        r["flower"] = {"skipped": SKIPPED, "why": "a smaller site count already exceeded the "
+                                                  "budget", "plain": {"skipped": SKIPPED},
+                       "secure": {"skipped": SKIPPED}}
+    else:
+        load0 = _load()
+        r["flower"] = run_flower(n, size, rounds, budget_s)
+        r["flower"]["load_1min"] = [load0, _load()]
+        for mode in ("plain", "secure"):
+            _progress(n, f"flower_{mode}", r["flower"][mode])
+        if "error" in r["flower"]:
+            print("    Flower failed:\n" + _indent(r["flower"]["error"]), flush=True)
+    _derive(r)
+    return r
+
+
+def _load() -> float | None:
+    """The 1-minute load average: other processes on the machine inflate wall times."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _busy(r: dict[str, Any]) -> float:
+    """The highest load average seen around this configuration's runs."""
+    loads = [x for key in ("fedtune_plain", "fedtune_secure", "flower")
+             for x in (r[key].get("load_1min") or []) if x is not None]
+    return max(loads, default=0.0)
+
+
+def _progress(n: int, system: str, entry: dict[str, Any]) -> None:
+    if "round_s" in entry and not math.isnan(entry["round_s"]):
+        note = f" ({entry['partial']})" if "partial" in entry else ""
+        print(f"  {n:>2} sites {system:<15} {entry['round_s']:8.3f} s/round{note}", flush=True)
+    else:
+        print(f"  {n:>2} sites {system:<15} "
+              f"{entry.get('skipped') or entry.get('error') or 'no measured round'}", flush=True)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("      " + line for line in text.rstrip().splitlines()[-12:])
+
+
+def _seconds(entry: dict[str, Any]) -> float | None:
+    value = entry.get("round_s")
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _derive(r: dict[str, Any]) -> None:
+    """The ratios of the report, from the medians (``None`` where an input is missing)."""
+    plain, secure = _seconds(r["fedtune_plain"]), _seconds(r["fedtune_secure"])
+    fl = r["flower"]
+    fl_plain = _seconds(fl.get("plain", {})) if isinstance(fl, dict) else None
+    fl_secure = _seconds(fl.get("secure", {})) if isinstance(fl, dict) else None
+    d: dict[str, Any] = {}
+    if plain is not None and secure is not None:
+        d["fedtune_overhead_s"] = secure - plain
+        d["fedtune_secure_over_plain"] = secure / plain
+    if fl_secure is not None:
+        # Flower's overhead: SecAgg+ round − plain round in the same harness (both measured
+        # here); only if the plain round is missing, the whole SecAgg+ round.
+        if fl_plain is not None:
+            d["flower_overhead_s"] = fl_secure - fl_plain
+            d["flower_overhead_definition"] = "SecAgg+ round − plain Flower round (same harness)"
+        else:
+            d["flower_overhead_s"] = fl_secure
+            d["flower_overhead_definition"] = "whole SecAgg+ round (no plain Flower round)"
+        d["flower_secure_over_plain"] = fl_secure / fl_plain if fl_plain else None
+    if "fedtune_overhead_s" in d and "flower_overhead_s" in d:
+        ours = d["fedtune_overhead_s"]
+        d["less_overhead_than_flower"] = (d["flower_overhead_s"] / ours if ours > 0
+                                          else math.inf)
+    if secure is not None and fl_secure is not None:
+        d["flower_secure_over_fedtune_secure"] = fl_secure / secure
+    m = r["fedtune_secure"].get("mask")
+    rate = r["keystream_bytes_per_s"]
+    if m:
+        bound = m["cipher_bytes_per_site"] / rate
+        d["keystream_bound_s_per_site"] = bound
+        d["mask_cpu_over_bound"] = m["cpu_s_per_site"] / bound
+        d["mask_wall_over_bound"] = m["wall_s_per_site"] / bound
+        replay = r["fedtune_secure"].get("mask_replay_s")
+        d["mask_replay_over_bound"] = replay / bound if replay else None
+    r["derived"] = d
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _fmt(value: Any, digits: int = 3, suffix: str = "") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    if isinstance(value, float) and math.isnan(value):
+        return "—"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def _sci(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1e}"
+
+
+def _cell(entry: dict[str, Any]) -> str:
+    if "round_s" in entry and not math.isnan(entry["round_s"]):
+        return _fmt(entry["round_s"]) + ("*" if "partial" in entry else "")
+    if "error" in entry:
+        return "failed"
+    return entry.get("skipped", "—")
+
+
+def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(header)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+def print_report(results: list[dict[str, Any]], rounds: int) -> None:
+    print()
+    print(f"Seconds per round (median of {rounds} rounds after 1 warm-up; * = fewer rounds fit "
+          "the budget). fedtune: real coordinator + site threads over loopback gRPC, training "
+          "off. Flower: SecAggPlusWorkflow / default_fit_workflow through an in-process grid.")
+    header = ("sites", "params", "t/k", "ft plain", "ft secure", "secure÷plain", "ft overhead",
+              "flwr plain", "flwr SecAgg+", "flwr overhead", "× less overhead",
+              "up B/param", "mask ÷ bound")
+    rows = []
+    for r in results:
+        d = r["derived"]
+        fl = r["flower"]
+        rows.append((
+            str(r["sites"]), f"{r['params']:,}",
+            f"{r['secagg']['threshold']}/{r['secagg']['neighbours']}",
+            _cell(r["fedtune_plain"]), _cell(r["fedtune_secure"]),
+            _fmt(d.get("fedtune_secure_over_plain"), 2, "×"),
+            _fmt(d.get("fedtune_overhead_s")),
+            _cell(fl.get("plain", fl)), _cell(fl.get("secure", fl)),
+            _fmt(d.get("flower_overhead_s")),
+            _fmt(d.get("less_overhead_than_flower"), 1, "×"),
+            _fmt(r["fedtune_secure"].get("bytes", {}).get("upload_bytes_per_param"), 4),
+            _fmt(d.get("mask_cpu_over_bound"), 2, "×"),
+        ))
+    _print_rows(header, rows)
+    print("  overhead = secure round − plain round of the same system (Flower: SecAgg+ round − "
+          "plain Flower round, same grid); × less overhead = Flower overhead ÷ fedtune overhead")
+    print("  up B/param = a fedtune site's masked-input upload (serialized InputChunk bytes) ÷ m; "
+          "mask ÷ bound = thread CPU time in SiteRound.mask ÷ (keystream bytes ÷ AES-CTR rate)")
+
+    print()
+    print("fedtune secure round: where the time goes (medians, seconds)")
+    header2 = ("sites", "params", "offer+adv", "share", "input", "check+unmask+agg",
+               "coord unmask", "mask cpu/site", "mask wall/site", "bound/site",
+               "replay ÷ bound", "AES-CTR GB/s", "np.add s", "up+req B/param", "flwr up B/param",
+               "flwr err", "ft err")
+    rows2 = []
+    for r in results:
+        s, d = r["fedtune_secure"], r["derived"]
+        ph, mk = s.get("phases_s", {}), s.get("mask", {})
+        fl_secure = r["flower"].get("secure", {})
+        rows2.append((
+            str(r["sites"]), f"{r['params']:,}",
+            _fmt(ph.get("offer_advertise")), _fmt(ph.get("share_keys")),
+            _fmt(ph.get("masked_input")), _fmt(ph.get("consistency_unmask_aggregate")),
+            _fmt(s.get("coordinator_unmask_s")), _fmt(mk.get("cpu_s_per_site"), 4),
+            _fmt(mk.get("wall_s_per_site"), 4), _fmt(d.get("keystream_bound_s_per_site"), 4),
+            _fmt(d.get("mask_replay_over_bound"), 2, "×"),
+            _fmt(r["keystream_bytes_per_s"] / 1e9, 2), _fmt(r["np_add_s"], 4),
+            _fmt(s.get("bytes", {}).get("upload_bytes_per_param_with_requests"), 4),
+            _fmt(fl_secure.get("upload_bytes_per_param"), 3),
+            _sci(fl_secure.get("aggregate_max_abs_error")),
+            _sci(s.get("aggregate_max_abs_error")),
+        ))
+    _print_rows(header2, rows2)
+    print("  phases from the coordinator's events; coord unmask = SecureSum.unmask (reconstruct "
+          "seeds, remove masks, decode); replay = one site's mask re-run alone after the run; "
+          "err = max |Δ aggregate − mean update| over the measured rounds")
+
+    print()
+    print("Targets")
+    for r in results:
+        d = r["derived"]
+        parts = []
+        up = r["fedtune_secure"].get("bytes", {}).get("upload_bytes_per_param")
+        if up is not None:
+            parts.append(f"upload {up:.4f} B/param "
+                         f"{'ok' if up <= TARGET_UPLOAD_BYTES_PER_PARAM else 'MISSED'} "
+                         f"(≤ {TARGET_UPLOAD_BYTES_PER_PARAM} at b={BITS})")
+        x = d.get("mask_cpu_over_bound")
+        if x is not None:
+            parts.append(f"masking {x:.2f}× the keystream bound "
+                         f"{'ok' if x <= TARGET_MASK_X_BOUND else 'MISSED'} "
+                         f"(≤ {TARGET_MASK_X_BOUND:g}×)")
+        if (r["sites"], r["params_target"]) == TARGET_LESS_OVERHEAD_AT:
+            less = d.get("less_overhead_than_flower")
+            if less is None:
+                parts.append("overhead vs Flower: not measured")
+            else:
+                parts.append(f"{less:.1f}× less overhead than Flower's SecAgg+ "
+                             f"{'ok' if less >= TARGET_LESS_OVERHEAD else 'MISSED'} "
+                             f"(≥ {TARGET_LESS_OVERHEAD:g}×)")
+        cpus = os.cpu_count() or 1
+        if _busy(r) > cpus:
+            parts.append(f"machine busy: load average up to {_busy(r):.1f} on {cpus} CPUs, "
+                         "wall times are inflated (CPU-time ratios less so)")
+        warnings = r["fedtune_secure"].get("warnings") or []
+        if warnings:
+            parts.append(f"{len(warnings)} coordinator warning(s), first: {warnings[0]}")
+        print(f"  {r['sites']:>2} sites × {r['params']:>9,}: " + ("; ".join(parts) or "—"))
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sites", default="3,10,20,50",
+                        help="comma-separated site counts (default 3,10,20,50)")
+    parser.add_argument("--params", default="100k,1M",
+                        help="comma-separated parameter counts, k/M suffixes (default 100k,1M)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measured rounds per configuration, after 1 warm-up (default 3)")
+    parser.add_argument("--budget", type=float, default=240.0,
+                        help="seconds each system may spend on one configuration before it is "
+                             "stopped and reported as 'skipped (budget)' (default 240)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 3 sites × 100k, 2 measured rounds, 20 s budget")
+    parser.add_argument("--no-flower", action="store_true", help="leave Flower out")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="JSON output (default bench/results/secagg.json)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sites, args.params, args.rounds, args.budget = "3", "100k", 2, 20.0
+    sites = [int(s) for s in args.sites.split(",") if s.strip()]
+    params = [parse_count(p) for p in args.params.split(",") if p.strip()]
+    if args.rounds < 1 or not sites or min(sites) < 3:
+        parser.error("--rounds must be at least 1 and every --sites value at least 3 "
+                     "(Flower's SecAgg+ needs num_shares > 2)")
+
+    flower_missing = None if args.no_flower else flower_available()
+    if flower_missing:
+        print(f"Flower left out: {flower_missing}", flush=True)
+    with_flower = not args.no_flower and flower_missing is None
+    started = time.perf_counter()
+    results = []
+    for target in params:
+        input_dim, hidden, exact = mlp_for(target)
+        print(f"params {target:,}: tabular-mlp input_dim={input_dim} hidden={hidden} → "
+              f"{exact:,} float32 parameters", flush=True)
+        over_budget: set[str] = set()  # systems that ran out at a smaller n, this m
+        for n in sorted(sites):
+            r = run_configuration(n, target, args.rounds, args.budget, with_flower,
+                                  set(over_budget))
+            for system in ("fedtune_plain", "fedtune_secure"):
+                if r[system].get("skipped") == SKIPPED:
+                    over_budget.add(system)
+            if with_flower and r["flower"].get("secure", {}).get("skipped") == SKIPPED:
+                over_budget.add("flower")
+            results.append(r)
+
+    print_report(results, args.rounds)
+    document = {
+        "benchmark": "secagg",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count(), "grpc": grpc.__version__, "numpy": np.__version__,
+                    "flwr": _version("flwr"), "cryptography": _version("cryptography")},
+        "definitions": {
+            "round_s": "fedtune: round_started → round_completed events of the coordinator; "
+                       "Flower: wall time of one fit-workflow call (SecAggPlusWorkflow or "
+                       "default_fit_workflow), as DefaultWorkflow makes it once per round",
+            "fedtune_overhead_s": "fedtune secure round_s − fedtune plain round_s",
+            "flower_overhead_s": "Flower SecAgg+ round_s − plain Flower round_s, same grid",
+            "less_overhead_than_flower": "flower_overhead_s ÷ fedtune_overhead_s",
+            "upload_bytes_per_param": "serialized InputChunk bytes one site sends per round ÷ m",
+            "mask_cpu_over_bound": "median over sites and rounds of thread CPU time in "
+                                   "SiteRound.mask ÷ (keystream bytes it expanded ÷ "
+                                   "keystream_bytes_per_second())",
+            "flower_parameters": "num_shares = fedtune's k + 1 (Flower counts the node "
+                                 "itself), reconstruction_threshold = fedtune's t; "
+                                 "clipping_range, quantization_range, modulus_range, "
+                                 "max_weight: Flower's defaults",
+        },
+        "targets": {"less_overhead_than_flower_at_least": TARGET_LESS_OVERHEAD,
+                    "at": {"sites": TARGET_LESS_OVERHEAD_AT[0],
+                           "params": TARGET_LESS_OVERHEAD_AT[1]},
+                    "mask_over_keystream_bound_at_most": TARGET_MASK_X_BOUND,
+                    "upload_bytes_per_param_at_most": TARGET_UPLOAD_BYTES_PER_PARAM,
+                    "bits": BITS},
+        "args": {"sites": sites, "params": params, "rounds": args.rounds,
+                 "budget_s": args.budget, "quick": args.quick, "flower": with_flower},
+        "total_wall_s": time.perf_counter() - started,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print(f"\nJSON: {args.out}  ({document['total_wall_s']:.0f} s in all)")
+    failed = any("error" in r[s] for r in results for s in ("fedtune_plain", "fedtune_secure"))
+    failed = failed or any("error" in r["flower"] for r in results)
+    return 1 if failed else 0
+
+
+def _version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
