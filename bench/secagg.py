@@ -56,30 +56,34 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedtune.client.agent import SiteAgentConfig
-from fedtune.federation import load_federation
-from fedtune.identity import load_identity
-from fedtune.local_federation import default_job, prepare
-from fedtune.peers import load_peers
-from fedtune.policy import PolicyConfig
-from fedtune.privacy import masks
-from fedtune.privacy.neighbours import default_degree
-from fedtune.privacy.secagg import SiteRound
-from fedtune.server import app
-from fedtune.server.secure_phases import SecureSum
+# The Flower child process (multiprocessing "spawn" re-imports this file as __mp_main__)
+# loads no fedtune code: it measures Flower alone, and keeps working while the fedtune
+# checkout it was started from changes underneath it.
+if __name__ != "__mp_main__":
+    from fedtune.client.agent import SiteAgentConfig
+    from fedtune.federation import load_federation
+    from fedtune.identity import load_identity
+    from fedtune.local_federation import default_job, prepare
+    from fedtune.peers import load_peers
+    from fedtune.policy import PolicyConfig
+    from fedtune.privacy import masks
+    from fedtune.privacy.neighbours import default_degree
+    from fedtune.privacy.secagg import SiteRound
+    from fedtune.server import app
+    from fedtune.server.secure_phases import SecureSum
 
-# a sibling benchmark, not a package: bench/ is on sys.path when run as a script
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from round_overhead import (
-    HOST,
-    NUM_CLASSES,
-    EventLog,
-    Recorder,
-    ZeroWorkSite,
-    memory_floor_s,
-    mlp_for,
-    parse_count,
-)
+    # a sibling benchmark, not a package: bench/ is on sys.path when run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from round_overhead import (
+        HOST,
+        NUM_CLASSES,
+        EventLog,
+        Recorder,
+        ZeroWorkSite,
+        memory_floor_s,
+        mlp_for,
+        parse_count,
+    )
 
 TARGET_LESS_OVERHEAD = 9.0  # × less overhead than Flower's SecAgg+ …
 TARGET_LESS_OVERHEAD_AT = (20, 1_000_000)  # … at (sites, parameters)
@@ -212,17 +216,20 @@ class SecureProbe:
 
 @contextlib.contextmanager
 def captured_events(name: str, level: int) -> Iterator[EventLog]:
-    """Collect the structured events of logger ``name`` (and keep them off stderr)."""
+    """Collect the structured events of logger ``name`` and keep them off stderr (an imported
+    library may have put a handler on the root logger)."""
     logger = logging.getLogger(name)
     handler = EventLog()
-    old_level = logger.level
+    old_level, old_propagate = logger.level, logger.propagate
     logger.setLevel(level)
+    logger.propagate = False
     logger.addHandler(handler)
     try:
         yield handler
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+        logger.propagate = old_propagate
 
 
 # ---------------------------------------------------------------------------- fedtune
@@ -384,7 +391,8 @@ def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]
 # ---------------------------------------------------------------------------- Flower
 
 
-def flower_worker(n: int, size: int, measured_rounds: int, out: Any) -> None:
+def flower_worker(n: int, size: int, measured_rounds: int, shares: dict[str, int],
+                  out: Any) -> None:
     """Child process: plain Flower rounds, then SecAgg+ rounds; one queue item per round.
 
     Runs in its own process so that the parent can stop it at the configuration's time
@@ -392,13 +400,14 @@ def flower_worker(n: int, size: int, measured_rounds: int, out: Any) -> None:
     memory stay out of the fedtune measurements.
     """
     try:
-        _flower_rounds(n, size, measured_rounds, out)
+        _flower_rounds(n, size, measured_rounds, shares, out)
     except BaseException:  # noqa: BLE001  (report it to the parent, which prints it)
         out.put(("error", traceback.format_exc()))
     out.put(("done", None))
 
 
-def _flower_rounds(n: int, size: int, measured_rounds: int, out: Any) -> None:
+def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, int],
+                   out: Any) -> None:
     import uuid
     from concurrent.futures import ThreadPoolExecutor
 
@@ -529,7 +538,7 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, out: Any) -> None:
         cfg = ConfigRecord()
         cfg[WorkflowKey.START_TIME] = time.time()
         context.state.config_records[MAIN_CONFIGS_RECORD] = cfg
-        workflow = (SecAggPlusWorkflow(**flower_parameters(n), **FLOWER_DEFAULTS)
+        workflow = (SecAggPlusWorkflow(**shares, **FLOWER_DEFAULTS)
                     if mode == "secure" else default_fit_workflow)
         previous = initial.astype(np.float64)
         for current_round in range(1, 2 + measured_rounds):
@@ -556,7 +565,8 @@ def run_flower(n: int, size: int, measured_rounds: int, budget_s: float) -> dict
     """Plain Flower and SecAgg+ rounds in a child process, stopped at ``budget_s``."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    child = ctx.Process(target=flower_worker, args=(n, size, measured_rounds, out),
+    shares = flower_parameters(n)
+    child = ctx.Process(target=flower_worker, args=(n, size, measured_rounds, shares, out),
                         name="flower-bench", daemon=True)
     start = time.perf_counter()
     child.start()
@@ -588,7 +598,7 @@ def run_flower(n: int, size: int, measured_rounds: int, budget_s: float) -> dict
         child.kill()
         child.join(timeout=5)
     result: dict[str, Any] = {"wall_s": wall, "finished": done and error is None,
-                              "parameters": {**flower_parameters(n), **FLOWER_DEFAULTS}}
+                              "parameters": {**shares, **FLOWER_DEFAULTS}}
     if error:
         result["error"] = error
     for mode in ("plain", "secure"):

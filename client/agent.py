@@ -27,7 +27,7 @@ from fedtune.client.data import DataError, SiteData, load_site_data, train_eval_
 from fedtune.client.ledger import Ledger, dataset_id
 from fedtune.client.policy_guard import refusal_reason
 from fedtune.client.secure_phases import SecureSiteMixin, SecureState
-from fedtune.job import JobConfig, ModelConfig, job_digest, job_from_proto
+from fedtune.job import JobConfig, ModelConfig, job_digest, job_from_proto, offered_job_problem
 from fedtune.logs import log_event
 from fedtune.peers import Peers
 from fedtune.policy import PolicyConfig
@@ -78,6 +78,9 @@ class SiteAgentConfig:
     state_dir: Path | None = None
 
 
+#: refusal reasons are short policy statements, never data
+MAX_REASON = 300
+
 DROP_PHASES = ("advertise", "share", "input", "consistency", "unmask")
 
 
@@ -95,6 +98,8 @@ class _Accepted:
 class SiteOutcome:
     finished: bool
     dropped: bool = False
+    failed: bool = False  # the run ended without completing its job
+    failure: str = ""
     final_metrics: pb.AggregateMetrics | None = None
     rounds_contributed: int = 0
     refusals: list[str] = field(default_factory=list)
@@ -111,8 +116,9 @@ class SiteAgent(SecureSiteMixin):
         self._accepted: dict[tuple[str, int], _Accepted] = {}
         self._secure: dict[tuple[str, int], SecureState] = {}
         self._ledger_db: Ledger | None = None
+        self._param_counts: dict[ModelConfig, int] = {}
         self._dataset_digest: str | None = None
-        self._data_cache: dict[ModelConfig, tuple[SiteData, SiteData]] = {}
+        self._data_cache: dict[tuple[ModelConfig, float, int], tuple[SiteData, SiteData]] = {}
         self.outcome = SiteOutcome(finished=False)
 
     # ------------------------------------------------------------------ connection
@@ -144,9 +150,14 @@ class SiteAgent(SecureSiteMixin):
         return [(SESSION_METADATA, (self._token or b"").hex())]
 
     def _connect_with_backoff(self) -> bool:
-        """(Re)connect and authenticate; False when stopped or out of patience."""
+        """(Re)connect and authenticate; False when stopped or out of patience.
+
+        Refused twice in a row on a fresh challenge (unknown site, wrong identity key), the
+        agent gives up at once: waiting cannot fix a key.
+        """
         delay = self.config.backoff_initial_s
         started = time.monotonic()
+        refused = 0
         while not self._stop.is_set():
             try:
                 self._open_channel()
@@ -154,9 +165,12 @@ class SiteAgent(SecureSiteMixin):
                 return True
             except grpc.RpcError as exc:
                 code = exc.code()
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) \
-                        and "not enrolled" in (exc.details() or ""):
-                    raise  # no amount of retrying enrols this site
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    refused += 1
+                    if refused >= 2:
+                        raise  # the coordinator does not accept this site's identity
+                    continue  # once more at once, with a fresh challenge
+                refused = 0
                 log_event(log, "connect_failed", logging.WARNING, site=self.config.site_id,
                           code=code.name, details=exc.details(), retry_in_s=round(delay, 2))
             give_up = self.config.give_up_after_s
@@ -204,7 +218,17 @@ class SiteAgent(SecureSiteMixin):
         return self.outcome
 
     def _handle(self, task: pb.Task) -> bool:
-        """Handle one task; True when the run is finished."""
+        """Handle one task; True when the run is finished. A task that fails unexpectedly
+        is logged and skipped (this site becomes a dropout of that round); the agent goes on."""
+        try:
+            return self._dispatch(task)
+        except (SimulatedDropout, grpc.RpcError):
+            raise
+        except Exception:
+            log.exception("task %s failed", task.WhichOneof("kind"))
+            return False
+
+    def _dispatch(self, task: pb.Task) -> bool:
         kind = task.WhichOneof("kind")
         if kind == "offer":
             self._on_offer(task.offer)
@@ -235,6 +259,8 @@ class SiteAgent(SecureSiteMixin):
                       eval_accuracy=round(r.metrics.eval_accuracy, 4))
         elif kind == "finished":
             self.outcome.finished = True
+            self.outcome.failed = task.finished.failed
+            self.outcome.failure = task.finished.reason
             self.outcome.final_metrics = task.finished.final_metrics
             log_event(log, "run_finished", run=task.finished.run_id, site=self.config.site_id,
                       rounds=task.finished.rounds_completed,
@@ -245,7 +271,7 @@ class SiteAgent(SecureSiteMixin):
     # ------------------------------------------------------------------ offer
 
     def _site_data(self, model: ModelConfig, job: JobConfig) -> tuple[SiteData, SiteData]:
-        key = model
+        key = (model, job.training.eval_fraction, job.training.seed)
         if key not in self._data_cache:
             data = load_site_data(self.config.data_path, model)
             self._data_cache[key] = train_eval_split(data, job.training.eval_fraction,
@@ -261,21 +287,34 @@ class SiteAgent(SecureSiteMixin):
         elif ref.run_id != self._run_id:
             reason = f"offer for run {ref.run_id!r}, this session is for run {self._run_id!r}"
         else:
-            reason = refusal_reason(job, self.config.policy)
+            reason = offered_job_problem(job) or refusal_reason(job, self.config.policy)
         if reason is None and job.secure_aggregation.enabled and self.config.peers is None:
             reason = ("the job uses secure aggregation and this site has no peer identity keys "
                       "(start it with --peers)")
         if reason is None:
             try:
                 models.validate_spec(job.model)
+                expected = self._parameter_count(job.model)
+                spec = offer.parameters
+                if spec.dtype != "<f4" or list(spec.shape) != [expected]:
+                    reason = (f"the offered parameters ({spec.dtype} {list(spec.shape)}) do not "
+                              f"match model {job.model.id!r} ({expected} float32 parameters)")
+            except models.ModelError as exc:
+                reason = f"malformed job: {exc}"
+        if reason is None:
+            try:
                 self._site_data(job.model, job)
             except (DataError, models.ModelError) as exc:
-                reason = f"local data does not fit the job: {exc}"
+                # the detail can quote cell values: it stays in this site's log only
+                log_event(log, "data_does_not_fit", logging.WARNING, run=ref.run_id,
+                          round=ref.round, site=self.config.site_id, detail=str(exc))
+                reason = "local data does not fit the job (details in the site's log)"
         if reason is None:
             reason = self._privacy_refusal(job, offer)
         accept = reason is None
         assert self._stub is not None
-        self._stub.RespondOffer(pb.OfferResponse(ref=ref, accept=accept, refusal_reason=reason or ""),
+        self._stub.RespondOffer(pb.OfferResponse(ref=ref, accept=accept,
+                                                 refusal_reason=(reason or "")[:MAX_REASON]),
                                 metadata=self._metadata(), timeout=CALL_TIMEOUT_S)
         if accept:
             accepted = _Accepted(offer, job)
@@ -286,6 +325,11 @@ class SiteAgent(SecureSiteMixin):
             self.outcome.refusals.append(reason or "")
         log_event(log, "offer_answered", run=ref.run_id, round=ref.round, site=self.config.site_id,
                   phase="offer", accepted=accept, reason=reason or "")
+
+    def _parameter_count(self, model: ModelConfig) -> int:
+        if model not in self._param_counts:
+            self._param_counts[model] = models.num_trainable(models.build_model(model))
+        return self._param_counts[model]
 
     def _privacy_refusal(self, job: JobConfig, offer: pb.Offer) -> str | None:
         """Refuse a round that would take this site over its own privacy budgets.

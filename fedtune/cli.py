@@ -81,26 +81,34 @@ def _parser() -> argparse.ArgumentParser:
     kt.add_argument("--out", required=True, type=Path)
     kt.add_argument("--hosts", default="127.0.0.1,localhost",
                     help="comma-separated names/IPs of the coordinator (default: loopback)")
-    kt.add_argument("--clients", default="", help="comma-separated site ids for mutual TLS")
+    kt.add_argument("--clients", default="",
+                    help="comma-separated names for client certificates (mutual TLS): the site "
+                         "ids, and e.g. 'operator' for fedtune status")
+    kt.add_argument("--force", action="store_true",
+                    help="replace an existing CA (invalidates every certificate it issued)")
 
     d = sub.add_parser("data", help="prepare per-site data files from bundled data sets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     ds = dsub.add_parser("split", help="split a bundled data set into per-site files")
     ds.add_argument("--dataset", required=True,
                     choices=("lung", "breast-cancer", "digits", "mnist5k"))
-    ds.add_argument("--sites", type=int, default=3)
+    ds.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
     ds.add_argument("--partition", default="iid", choices=("iid", "dirichlet", "institution"),
                     help="iid, dirichlet (label skew) or institution (lung: by its inst column)")
-    ds.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
-    ds.add_argument("--seed", type=int, default=0)
-    ds.add_argument("--out", required=True, type=Path)
+    ds.add_argument("--alpha", type=float, default=0.5,
+                    help="Dirichlet concentration (default 0.5; smaller is more skewed)")
+    ds.add_argument("--seed", type=int, default=0, help="seed of the partition (default 0)")
+    ds.add_argument("--out", required=True, type=Path,
+                    help="folder for site-N.csv / site-N.npz and manifest.json")
+    ds.add_argument("--overwrite", action="store_true", help="replace an existing split in --out")
 
     t = sub.add_parser("status", help="show a running federation")
     t.add_argument("--coordinator", required=True, metavar="HOST:PORT")
-    t.add_argument("--ca-cert", type=Path)
-    t.add_argument("--tls-cert", type=Path)
-    t.add_argument("--tls-key", type=Path)
-    t.add_argument("--insecure", action="store_true")
+    t.add_argument("--ca-cert", type=Path, help="CA certificate that signed the coordinator's")
+    t.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    t.add_argument("--tls-key", type=Path, help="client TLS key (mutual TLS)")
+    t.add_argument("--insecure", action="store_true",
+                   help="connect without TLS (allowed to a loopback coordinator only)")
     t.add_argument("--json", action="store_true", help="print the status as JSON")
 
     m = sub.add_parser("demo", help="coordinator + 3 site processes on bundled data, end to end",
@@ -220,6 +228,7 @@ def _site(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     if not args.data.is_file():
         raise CLIError(f"{args.data}: data file not found")
+    _check_tls_files(args)
     tls = None if args.insecure else TLSFiles(args.ca_cert, args.tls_cert, args.tls_key)
     drop_at = None
     if args.drop_at:
@@ -244,7 +253,12 @@ def _site(args: argparse.Namespace) -> int:
     try:
         outcome = agent.run()
     except grpc.RpcError as exc:
-        raise CLIError(f"coordinator {args.coordinator}: {exc.details()}") from None
+        hint = (" (check --site-id and --identity: the coordinator does not accept this key)"
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED else "")
+        raise CLIError(f"coordinator {args.coordinator}: {exc.details()}{hint}") from None
+    if outcome.finished and outcome.failed:
+        print(f"fedtune site {args.site_id}: the run failed: {outcome.failure}", file=sys.stderr)
+        return 1
     if outcome.dropped:
         print(f"fedtune site {args.site_id}: dropped out as instructed (--drop-at)",
               file=sys.stderr)
@@ -257,6 +271,20 @@ def _site(args: argparse.Namespace) -> int:
         return 0
     print(f"fedtune site {args.site_id}: stopped before the run finished", file=sys.stderr)
     return 1
+
+
+def _check_tls_files(args: argparse.Namespace) -> None:
+    """Certificates are read up front, so a wrong path is an error, not an endless retry."""
+    for flag in ("ca_cert", "tls_cert", "tls_key"):
+        path = getattr(args, flag, None)
+        if path is None:
+            continue
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise CLIError(f"--{flag.replace('_', '-')} {path}: {exc.strerror}") from None
+        if b"-----BEGIN " not in text:
+            raise CLIError(f"--{flag.replace('_', '-')} {path}: not a PEM file")
 
 
 # ---------------------------------------------------------------------------- keys, data
@@ -272,14 +300,22 @@ def _keys(args: argparse.Namespace) -> int:
             key, pub = write_identity(args.out, args.site_id, force=args.force)
         except KeyFileError as exc:
             raise CLIError(str(exc)) from None
+        except OSError as exc:
+            raise CLIError(f"--out {args.out}: {exc.strerror}") from None
         print(f"wrote {key} (private, keep it on the site) and {pub}")
         print(f"enrol it in the federation file:\n\n[[sites]]\nid = \"{args.site_id}\"\n"
               f"public_key = \"{pub.read_text().strip()}\"")
         return 0
     hosts = [h for h in args.hosts.split(",") if h]
     clients = [c for c in args.clients.split(",") if c]
-    for path in write_dev_tls(args.out, hosts, clients):
-        print(f"wrote {path}")
+    if (args.out / "ca.key").exists() and not args.force:
+        raise CLIError(f"{args.out / 'ca.key'}: a CA exists already; replacing it invalidates "
+                       "every certificate it issued (use --force)")
+    try:
+        for path in write_dev_tls(args.out, hosts, clients):
+            print(f"wrote {path}")
+    except OSError as exc:
+        raise CLIError(f"--out {args.out}: {exc.strerror}") from None
     return 0
 
 
@@ -288,9 +324,11 @@ def _data(args: argparse.Namespace) -> int:
 
     try:
         manifest = write_split(args.dataset, args.sites, args.partition, args.alpha, args.seed,
-                               args.out)
+                               args.out, overwrite=args.overwrite)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    except OSError as exc:
+        raise CLIError(f"--out {args.out}: {exc.strerror}") from None
     for site in manifest["sites"]:
         print(f"{args.out / site['file']}: {site['rows']} rows, labels {site['label_counts']}")
     print(f"wrote {args.out / 'manifest.json'}")
@@ -304,11 +342,15 @@ def _status(args: argparse.Namespace) -> int:
 
     from fedtune.status import fetch_status, render_status
 
+    _check_tls_files(args)
     try:
         status = fetch_status(args.coordinator, insecure=args.insecure, ca_cert=args.ca_cert,
                               tls_cert=args.tls_cert, tls_key=args.tls_key)
     except grpc.RpcError as exc:
-        raise CLIError(f"coordinator {args.coordinator}: {exc.code().name}: {exc.details()}") from None
+        hint = (" (a coordinator with mutual TLS also needs --tls-cert and --tls-key)"
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and args.ca_cert else "")
+        raise CLIError(f"coordinator {args.coordinator}: {exc.code().name}: {exc.details()}"
+                       f"{hint}") from None
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     if args.json:

@@ -9,6 +9,7 @@ the sha256 of that message's deterministic serialisation (:func:`job_digest`).
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 from fedtune.proto import fedtune_pb2 as pb
@@ -338,3 +339,57 @@ def job_from_proto(message: pb.Job) -> JobConfig:
 def job_digest(message: pb.Job) -> bytes:
     """sha256 of the job message's deterministic serialisation."""
     return hashlib.sha256(message.SerializeToString(deterministic=True)).digest()
+
+
+def offered_job_problem(job: JobConfig) -> str | None:
+    """What is wrong with an offered job, or None: a site checks every offer with the same
+    bounds the coordinator's parser enforces, so a malformed or hostile offer is refused with
+    a reason instead of crashing the site."""
+    t, r, s, a = job.training, job.record_dp, job.site_dp, job.secure_aggregation
+
+    def finite(x: float) -> bool:
+        return math.isfinite(x)
+
+    checks = [
+        (1 <= job.rounds <= 100_000, "rounds must be in 1..100000"),
+        (job.min_sites >= 1, "min_sites must be >= 1"),
+        (1 <= t.local_epochs <= 1000, "training.local_epochs must be in 1..1000"),
+        (t.batch_size >= 1, "training.batch_size must be >= 1"),
+        (finite(t.learning_rate) and t.learning_rate > 0, "training.learning_rate must be > 0"),
+        (t.optimizer in ("sgd", "adam"), "training.optimizer must be sgd or adam"),
+        (finite(t.momentum) and 0 <= t.momentum <= 1, "training.momentum must be in [0, 1]"),
+        (finite(t.eval_fraction) and 0 <= t.eval_fraction <= 0.9,
+         "training.eval_fraction must be in [0, 0.9]"),
+        (t.weighting in ("examples", "uniform"), "training.weighting must be examples or uniform"),
+        (t.max_examples >= 1, "training.max_examples must be >= 1"),
+        (s.mode in SITE_DP_MODES, f"privacy.site_level.mode must be one of {SITE_DP_MODES}"),
+    ]
+    if a.enabled:
+        checks += [
+            (16 <= a.bits <= 62, "secure_aggregation.bits must be in 16..62"),
+            (finite(a.value_range) and a.value_range > 0, "secure_aggregation.value_range must be > 0"),
+            (finite(a.loss_bound) and a.loss_bound > 0, "secure_aggregation.loss_bound must be > 0"),
+        ]
+    if r.enabled:
+        checks += [
+            (finite(r.noise_multiplier) and r.noise_multiplier > 0,
+             "privacy.record_level.noise_multiplier must be > 0"),
+            (finite(r.max_grad_norm) and r.max_grad_norm > 0,
+             "privacy.record_level.max_grad_norm must be > 0"),
+            (finite(r.sample_rate) and 0 < r.sample_rate <= 1,
+             "privacy.record_level.sample_rate must be in (0, 1]"),
+            (0 < r.delta < 1, "privacy.record_level.delta must be in (0, 1)"),
+        ]
+    if s.mode != "none":
+        checks += [
+            (finite(s.clip_norm) and s.clip_norm > 0, "privacy.site_level.clip_norm must be > 0"),
+            (finite(s.noise_multiplier) and s.noise_multiplier > 0,
+             "privacy.site_level.noise_multiplier must be > 0"),
+            (0 < s.delta < 1, "privacy.site_level.delta must be in (0, 1)"),
+            (t.weighting == "uniform", "site-level DP needs training.weighting = uniform"),
+            (s.mode != "distributed" or a.enabled, "distributed DP needs secure aggregation"),
+        ]
+    for ok, problem in checks:
+        if not ok:
+            return f"malformed job: {problem}"
+    return None

@@ -85,6 +85,9 @@ def check_spec(spec: pb.TensorSpec, expected: pb.TensorSpec | None = None,
             raise TensorError(f"dtype {spec.dtype} does not match the expected {expected.dtype}")
         if list(spec.shape) != list(expected.shape):
             raise TensorError(f"shape {list(spec.shape)} does not match the expected {list(expected.shape)}")
+        if expected.sha256 and spec.sha256 != expected.sha256:
+            # e.g. a coordinator that offers one model and serves another
+            raise TensorError("sha256 differs from the announced tensor's")
 
 
 class TensorAssembler:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import dp_accounting  # type: ignore[import-untyped]
 import numpy as np
@@ -215,9 +215,9 @@ class PLDAccountant:
     Releases with ``sample_rate == 1`` are merged into one Gaussian of noise multiplier
     ``(Σ steps/σ²)^(-1/2)`` before composing: the privacy loss of a Gaussian mechanism is
     ``N(η, 2η)`` with ``η = 1/(2σ²)`` and composition adds the ``η`` (Dong, Roth and Su,
-    "Gaussian Differential Privacy", 2019, Corollary 3.3), so the result is the same and
-    avoids hundreds of discretised convolutions. Subsampled releases with the same
-    ``(σ, q)`` are composed as one ``SelfComposedDpEvent``.
+    "Gaussian Differential Privacy", JRSS-B 2022, §3: μ-GDP composes to √Σμ²), so the
+    result is the same and avoids hundreds of discretised convolutions. Subsampled releases
+    with the same ``(σ, q)`` are composed as one ``SelfComposedDpEvent``.
 
     Parameters
     ----------
@@ -312,7 +312,7 @@ def make_accountant(accountant: str = "rdp") -> RDPAccountant | PLDAccountant:
 
 
 def epsilon(
-    releases: Sequence[Release], delta: float, accountant: Literal["rdp", "pld"] | str = "rdp"
+    releases: Sequence[Release], delta: float, accountant: str = "rdp"
 ) -> float:
     """ε of the composition of all ``releases`` (any rounds, any jobs) at ``delta``."""
     acc = make_accountant(accountant)

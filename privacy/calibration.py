@@ -6,8 +6,9 @@ composed ε is at most the target — the same approach as Opacus' ``get_noise_m
 with a relative tolerance, an optional history of releases already spent (a site's ledger, a
 job's earlier rounds), and a clear error when the target cannot be met.
 
-The returned σ always satisfies ``ε(σ) ≤ target``; bisection stops once
-``ε(σ) ≥ (1 - rtol)·target`` (or the bracket is below float resolution).
+The returned σ always satisfies ``ε(σ) ≤ target`` (with a 1e-9 relative margin for float
+round trips); bisection stops once ``ε(σ) ≥ (1 - rtol)·target`` (or the bracket is below
+float resolution).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .distributed_dp import (
 
 MAX_NOISE_MULTIPLIER = 1e6  # as Opacus' MAX_SIGMA
 DEFAULT_RTOL = 1e-3
+_ROUND_TRIP_MARGIN = 1e-9
 
 
 class CalibrationError(ValueError):
@@ -185,7 +187,12 @@ def _smallest_noise(eps_of: Callable[[float], float], target: float, rtol: float
     ``start`` is a first guess: the bracket is found by doubling up from it and halving down
     from it, so a good guess (the RDP answer for the PLD accountant) spares the evaluations
     at small σ, where a PLD is slowest.
+
+    The search aims at ``target·(1 - 1e-9)``, so that σ can make a float round trip (through
+    a job message, or :attr:`DistributedDPParams.noise_multiplier` and back into
+    :meth:`DistributedDPParams.calibrate`) without its ε crossing the target.
     """
+    target *= 1.0 - _ROUND_TRIP_MARGIN
     lo, hi = 0.0, start
     eps_hi = _eps_or_error(eps_of, hi)
     while isinstance(eps_hi, DistributedDPError):  # the ring carries less noise: go lower

@@ -21,7 +21,7 @@ zero exactly, so the sum changes by one site's integer vector ``z``.
 
 Rounding and sensitivity. Stochastic rounding of ``x = γ·R·clip(u)`` (``‖x‖₂ ≤ γC``) adds
 ``e`` with ``|e_i| < 1``, so ``‖z‖₂ < γC + √d`` always. Tighter, conditional randomised
-rounding (Kairouz et al. 2021, §4.1) re-draws the rounding until ::
+rounding (Kairouz et al. 2021, §4) re-draws the rounding until ::
 
     ‖z‖₂² ≤ γ²C² + d/4 + √(2·ln(1/β))·(γC + √d/2)                  (B₂)
 
@@ -375,7 +375,7 @@ def server_decode(
 
 def _conditional_round(x: F64Array, bound: float, rng: np.random.Generator) -> I64Array:
     """Unbiased stochastic rounding, re-drawn until ``‖z‖₂ ≤ bound`` (Kairouz et al. 2021,
-    §4.1, conditional randomised rounding)."""
+    §4, conditional randomised rounding)."""
     if x.size and float(np.max(np.abs(x))) >= _MAX_EXACT_SCALED:
         raise DistributedDPError("scaled values exceed 2^52: the scale γ is too large")
     floor = np.floor(x)

@@ -464,14 +464,18 @@ class RoundResult(_message.Message):
     def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., aborted: bool = ..., abort_reason: _Optional[str] = ..., contributors: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Union[AggregateMetrics, _Mapping]] = ...) -> None: ...
 
 class Finished(_message.Message):
-    __slots__ = ("run_id", "rounds_completed", "final_metrics")
+    __slots__ = ("run_id", "rounds_completed", "final_metrics", "failed", "reason")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     FINAL_METRICS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     rounds_completed: int
     final_metrics: AggregateMetrics
-    def __init__(self, run_id: _Optional[str] = ..., rounds_completed: _Optional[int] = ..., final_metrics: _Optional[_Union[AggregateMetrics, _Mapping]] = ...) -> None: ...
+    failed: bool
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., rounds_completed: _Optional[int] = ..., final_metrics: _Optional[_Union[AggregateMetrics, _Mapping]] = ..., failed: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

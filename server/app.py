@@ -7,7 +7,9 @@ stock tools such as ``grpcurl`` list and call the API.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -36,11 +38,30 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # a second coordinator must not share the port (and split the sites between two runs)
+    ("grpc.so_reuseport", 0),
 ]
 
 
 class InsecureNotAllowed(ValueError):
     pass
+
+
+class RunDirLocked(ValueError):
+    pass
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """An exclusive lock on the run directory: one coordinator per run, also on restart."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirLocked(f"{run_dir}: another coordinator is running on this run directory") \
+            from None
+    return fd
 
 
 def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
@@ -59,6 +80,7 @@ class RunningCoordinator:
     port: int
     thread: threading.Thread
     health: health.HealthServicer
+    lock: int = -1
 
     def wait(self, timeout: float | None = None) -> bool:
         self.thread.join(timeout)
@@ -69,6 +91,9 @@ class RunningCoordinator:
         self.thread.join(timeout=10)
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.lock >= 0:
+            os.close(self.lock)  # releases the run directory's lock
+            self.lock = -1
 
 
 def start(config: FederationConfig, *, host: str | None = None, port: int | None = None,
@@ -83,11 +108,14 @@ def start(config: FederationConfig, *, host: str | None = None, port: int | None
             "(allowed on a loopback address only)")
     if insecure and not is_loopback(host):  # also when TLS is configured but --insecure skips it
         raise InsecureNotAllowed(f"--insecure is allowed only on loopback, not on {host!r}")
+    lock = lock_run_dir(run_dir or config.run_dir)
     coordinator = Coordinator(config, run_dir=run_dir, behaviour=behaviour)
-    workers = max(16, 4 * len(config.sites) + 8)  # each site holds a long poll
+    # each site holds one long poll and at most one other call; beyond the pool, calls are
+    # refused at once (RESOURCE_EXHAUSTED) instead of queueing behind long polls
+    workers = max(16, 3 * len(config.sites) + 8)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                     thread_name_prefix="fedtune-rpc"),
-                         options=SERVER_OPTIONS)
+                         options=SERVER_OPTIONS, maximum_concurrent_rpcs=workers)
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(coordinator), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -122,4 +150,4 @@ def start(config: FederationConfig, *, host: str | None = None, port: int | None
               mutual_tls=bool(config.tls and config.tls.client_ca and not insecure),
               sites=[s.id for s in config.sites], rounds=config.job.rounds,
               completed_rounds=coordinator.completed_rounds)
-    return RunningCoordinator(coordinator, server, bound, thread, health_servicer)
+    return RunningCoordinator(coordinator, server, bound, thread, health_servicer, lock)

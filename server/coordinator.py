@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from fedtune import models
@@ -37,7 +38,7 @@ from fedtune.proto import fedtune_pb2 as pb
 from fedtune.server import checkpoint as ckpt
 from fedtune.server.aggregation import WeightedSum
 from fedtune.server.behaviour import HonestBehaviour
-from fedtune.server.errors import invalid, precondition, unauthenticated
+from fedtune.server.errors import ProtocolError, invalid, precondition, unauthenticated
 from fedtune.server.optimisers import ServerOptimizer
 from fedtune.server.privacy_budget import PrivacyBudget
 from fedtune.server.round_state import RoundState, SiteInput
@@ -47,6 +48,7 @@ from fedtune.tensor_codec import spec_for, to_bytes
 log = logging.getLogger("fedtune.server")
 
 CHALLENGE_TTL_S = 60
+MAX_CHALLENGES_PER_SITE = 4
 SESSION_TTL_S = 24 * 3600
 #: A site with no call in flight and none for this long is not "connected".
 LIVENESS_S = 10.0
@@ -86,6 +88,8 @@ class Coordinator(SecurePhasesMixin):
         self._sessions: dict[bytes, _SiteSession] = {}
         self._liveness: dict[str, _SiteLiveness] = {s.id: _SiteLiveness() for s in config.sites}
         self._pending_results: dict[str, pb.RoundResult] = {}
+        self._poll_generation: dict[str, int] = {}
+        self._uploading: set[str] = set()
         self._round: RoundState | None = None
         self._round_seed = b""
         #: sites told that the run is finished (the CLI lingers until all have heard it).
@@ -115,7 +119,12 @@ class Coordinator(SecurePhasesMixin):
     def _load_run_id(self) -> str:
         run_file = self.run_dir / "run.json"
         if run_file.exists():
-            stored = json.loads(run_file.read_text())
+            try:
+                stored = json.loads(run_file.read_text())
+                stored["run_id"], stored["job_digest"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ckpt.CheckpointError(f"{run_file}: unreadable run record ({exc!r}); "
+                                           "restore it or use a new run directory") from None
             if self.config.run_id and stored["run_id"] != self.config.run_id:
                 raise ValueError(
                     f"{run_file}: run directory belongs to run {stored['run_id']!r}, "
@@ -134,7 +143,11 @@ class Coordinator(SecurePhasesMixin):
     def _resume(self) -> None:
         counter = self.run_dir / "round_counter.json"
         if counter.exists():
-            self.next_round_id = int(json.loads(counter.read_text())["next_round_id"])
+            try:
+                self.next_round_id = int(json.loads(counter.read_text())["next_round_id"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ckpt.CheckpointError(f"{counter}: unreadable round counter ({exc!r})") \
+                    from None
         state = ckpt.load(self.run_dir)
         if state is None:
             return
@@ -187,7 +200,12 @@ class Coordinator(SecurePhasesMixin):
         nonce = secrets.token_bytes(32)
         now = self.clock()
         with self._cond:
-            self._challenges = {n: v for n, v in self._challenges.items() if v[1] > now}
+            # at most a few outstanding challenges per site: Hello cannot grow memory
+            mine = sorted((v[1], n) for n, v in self._challenges.items() if v[0] == site_id)
+            for _, old in mine[:-(MAX_CHALLENGES_PER_SITE - 1)]:
+                del self._challenges[old]
+            for n in [n for n, v in self._challenges.items() if v[1] <= now]:
+                del self._challenges[n]
             self._challenges[nonce] = (site_id, now + CHALLENGE_TTL_S)
         return pb.Challenge(run_id=self.run_id, nonce=nonce, ttl_s=CHALLENGE_TTL_S)
 
@@ -203,7 +221,11 @@ class Coordinator(SecurePhasesMixin):
             raise unauthenticated(f"site {site_id!r}: {exc}") from None
         token = secrets.token_bytes(32)
         with self._cond:
-            self._sessions[token] = _SiteSession(site_id, self.clock() + SESSION_TTL_S)
+            # a new session replaces the site's earlier ones; expired sessions are dropped
+            now = self.clock()
+            self._sessions = {t: s for t, s in self._sessions.items()
+                              if s.site_id != site_id and s.expires > now}
+            self._sessions[token] = _SiteSession(site_id, now + SESSION_TTL_S)
             self._liveness[site_id].last_seen = self.clock()
             self._cond.notify_all()
         log_event(log, "site_authenticated", run=self.run_id, site=site_id)
@@ -252,7 +274,12 @@ class Coordinator(SecurePhasesMixin):
         """
         deadline = self.clock() + max(0.0, min(wait_s, 60.0))
         with self._cond:
+            # one poll per site: a newer poll ends the older ones (no thread-pool starvation)
+            generation = self._poll_generation[site] = self._poll_generation.get(site, 0) + 1
+            self._cond.notify_all()
             while True:
+                if self._poll_generation[site] != generation:
+                    return pb.Task(wait=pb.Wait(retry_after_ms=0, reason="superseded"))
                 task = self._task_for(site)
                 if task is not None:
                     return task
@@ -260,6 +287,18 @@ class Coordinator(SecurePhasesMixin):
                 if remaining <= 0 or self._stop.is_set() or not still_connected():
                     return pb.Task(wait=pb.Wait(retry_after_ms=0, reason="no task yet"))
                 self._cond.wait(min(remaining, 1.0))
+
+    def begin_upload(self, site: str) -> None:
+        """One upload per site at a time: a second stream is refused before it is read."""
+        with self._cond:
+            if site in self._uploading:
+                raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"site {site!r} already has an upload in progress")
+            self._uploading.add(site)
+
+    def end_upload(self, site: str) -> None:
+        with self._cond:
+            self._uploading.discard(site)
 
     def _task_for(self, site: str) -> pb.Task | None:
         result = self._pending_results.pop(site, None)
@@ -269,7 +308,8 @@ class Coordinator(SecurePhasesMixin):
             self.told_finished.add(site)
             return pb.Task(finished=pb.Finished(
                 run_id=self.run_id, rounds_completed=self.completed_rounds,
-                final_metrics=self.final_metrics or pb.AggregateMetrics()))
+                final_metrics=self.final_metrics or pb.AggregateMetrics(),
+                failed=bool(self.failure), reason=self.failure))
         r = self._round
         if r is None:
             return None
@@ -295,12 +335,12 @@ class Coordinator(SecurePhasesMixin):
         with self._cond:
             r = self._current_round()
             r.check_ref(response.ref)
-            r.respond_offer(site, response.accept, response.refusal_reason)
+            reason = response.refusal_reason[:300]  # a short policy statement, never data
+            r.respond_offer(site, response.accept, reason)
             if not response.accept:
-                self._liveness[site].last_refusal = response.refusal_reason
+                self._liveness[site].last_refusal = reason
                 log_event(log, "offer_refused", logging.WARNING, run=self.run_id,
-                          round=r.round_id, site=site, phase="offer",
-                          reason=response.refusal_reason)
+                          round=r.round_id, site=site, phase="offer", reason=reason)
             else:
                 log_event(log, "offer_accepted", run=self.run_id, round=r.round_id, site=site,
                           phase="offer")

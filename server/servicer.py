@@ -130,6 +130,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         site = ""
         try:
             site = self._site(context)
+            self.c.begin_upload(site)
             self.c.call_started(site)
             try:
                 ref, vector, metrics = self._receive_input(site, request_iterator)
@@ -139,6 +140,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                     self.c.submit_input(site, ref, vector, metrics)
             finally:
                 self.c.call_ended(site)
+                self.c.end_upload(site)
             return pb.Ack(message=f"input of round {ref.round} received")
         except ProtocolError as exc:
             self._refuse(context, "SubmitInput", exc, site)

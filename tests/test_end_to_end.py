@@ -55,6 +55,7 @@ def test_site_killed_mid_round_the_round_completes_and_the_site_rejoins(fed_fact
                training={"local_epochs": 3})
     fed = fed_factory(n_sites=3, job=job)
     victim = fed.sites[2]
+    original = victim.data.read_bytes()
     _slow_down(victim, 30)
     log = fed.run_dir / "coordinator.log"
     server = processes.add(lf.start_server(fed))
@@ -76,6 +77,7 @@ def test_site_killed_mid_round_the_round_completes_and_the_site_rejoins(fed_fact
     assert completed["contributors"] == 2
     assert completed["dropouts"] == [victim.site_id]
 
+    victim.data.write_bytes(original)  # back to normal speed: it must make the deadlines now
     processes.add(lf.start_site(fed, victim, log_name="victim-2.out"))
     rejoined = wait_for_event(log, lambda e: e["event"] == "input_received"
                               and e["site"] == victim.site_id and e["round"] > killed_round,
