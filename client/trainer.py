@@ -8,6 +8,7 @@ site trains from the global vector, and its update is the difference. Record-lev
 from __future__ import annotations
 
 import secrets
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,10 +110,13 @@ def train_dp_sgd(model: nn.Module, data: SiteData, config: TrainingConfig,
         optimiser = torch.optim.SGD(params, lr=config.learning_rate, momentum=config.momentum)
     model.train()
     engine = PrivacyEngine(accountant="rdp")
-    private_model, private_optimiser, private_loader = engine.make_private(
-        module=model, optimizer=optimiser, data_loader=loader,
-        noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-        poisson_sampling=False, noise_generator=secret)
+    with warnings.catch_warnings():
+        # "Secure RNG turned off": known and documented above (docs/decisions.md)
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        private_model, private_optimiser, private_loader = engine.make_private(
+            module=model, optimizer=optimiser, data_loader=loader,
+            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+            poisson_sampling=False, noise_generator=secret)
     loss_sum, seen = 0.0, 0
     for _ in range(config.local_epochs):
         loss_sum, seen = 0.0, 0  # report the last epoch's loss
@@ -121,7 +125,10 @@ def train_dp_sgd(model: nn.Module, data: SiteData, config: TrainingConfig,
                 continue
             private_optimiser.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(private_model(xb), yb)
-            loss.backward()
+            with warnings.catch_warnings():
+                # the first layer's input needs no gradient: Opacus' hooks still fire correctly
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()
             private_optimiser.step()
             loss_sum += float(loss.detach()) * len(yb)
             seen += len(yb)
