@@ -39,7 +39,7 @@ from fedtune.privacy.signatures import (
     survivors_statement,
     verify,
 )
-from fedtune.privacy_plan import distributed_params, rotation_seed
+from fedtune.privacy_plan import distributed_params, input_encoding, rotation_seed
 from fedtune.proto import fedtune_pb2 as pb
 
 if TYPE_CHECKING:
@@ -105,18 +105,10 @@ class SecureSiteMixin:
         except (SecAggError, SignatureError) as exc:
             self._leave_round(ref, f"share-keys: {exc}")
             return
-        job = state.accepted.job
-        sa, training = job.secure_aggregation, job.training
-        distributed = (job.site_dp.mode == "distributed"
-                       and not state.accepted.offer.evaluate_only)
-        state.encoding = InputEncoding(
-            bits=sa.bits, n_summands=len(params.sites),
-            # distributed DP encodes the update itself; the encoding then holds metrics only
-            length=0 if state.accepted.offer.evaluate_only or distributed else
-            int(np.prod(state.accepted.offer.parameters.shape)),
-            value_range=sa.value_range,
-            max_weight=float(training.max_examples) if training.weighting == "examples" else 1.0,
-            max_examples=float(training.max_examples), loss_bound=sa.loss_bound)
+        offer = state.accepted.offer
+        state.encoding = input_encoding(state.accepted.job, len(params.sites),
+                                        int(np.prod(offer.parameters.shape)),
+                                        offer.evaluate_only)
         self._maybe_drop("share", ref)
         self._call("ShareKeys", pb.EncryptedShares(ref=ref, shares=[
             pb.EncryptedShare(from_site=self.config.site_id, to_site=peer, ciphertext=ct)

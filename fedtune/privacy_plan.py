@@ -15,6 +15,7 @@ from fedtune.job import JobConfig
 from fedtune.privacy.accountants import Release
 from fedtune.privacy.calibration import distributed_dp_params_for, noise_multiplier_for
 from fedtune.privacy.distributed_dp import DistributedDPParams, skellam_release
+from fedtune.privacy.input_encoding import InputEncoding
 
 
 def record_level_release(job: JobConfig) -> Release:
@@ -44,6 +45,20 @@ def site_level_release(job: JobConfig, dimension: int) -> Release:
     return skellam_release(distributed_params(job, dimension), rounds=1)
 
 
+
+
+def input_encoding(job: JobConfig, n_summands: int, dimension: int,
+                   evaluate_only: bool) -> InputEncoding:
+    """How a site quantises its update and metrics for secure aggregation (both sides call
+    this with the same arguments). Under distributed DP the update is encoded by
+    :func:`fedtune.privacy.distributed_dp.site_encode` instead, and this holds metrics only."""
+    sa, training = job.secure_aggregation, job.training
+    encodes_update = not evaluate_only and job.site_dp.mode != "distributed"
+    return InputEncoding(
+        bits=sa.bits, n_summands=n_summands, length=dimension if encodes_update else 0,
+        value_range=sa.value_range,
+        max_weight=float(training.max_examples) if training.weighting == "examples" else 1.0,
+        max_examples=float(training.max_examples), loss_bound=sa.loss_bound)
 
 
 def rotation_seed(round_seed: bytes) -> bytes:

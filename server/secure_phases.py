@@ -31,7 +31,7 @@ from fedtune.privacy.signatures import (
     survivors_statement,
     verify,
 )
-from fedtune.privacy_plan import distributed_params, rotation_seed
+from fedtune.privacy_plan import distributed_params, input_encoding, rotation_seed
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.server.errors import invalid, precondition, unauthenticated
 from fedtune.server.round_state import RoundState
@@ -66,13 +66,7 @@ class SecurePhasesMixin:
     def _encoding(self: Coordinator, r: RoundState) -> InputEncoding:
         """How the update (unless distributed DP encodes it) and the metrics are quantised."""
         assert r.params is not None
-        sa, training = self.job.secure_aggregation, self.job.training
-        return InputEncoding(
-            bits=sa.bits, n_summands=len(r.params.sites),
-            length=0 if r.evaluate_only or self._distributed(r) else self.params.size,
-            value_range=sa.value_range,
-            max_weight=float(training.max_examples) if training.weighting == "examples" else 1.0,
-            max_examples=float(training.max_examples), loss_bound=sa.loss_bound)
+        return input_encoding(self.job, len(r.params.sites), self.params.size, r.evaluate_only)
 
     def _secure_expected_input(self: Coordinator, r: RoundState) -> pb.TensorSpec:
         n = self._update_length(r) + len(METRIC_FIELDS)
