@@ -388,7 +388,8 @@ def write_federation(root: Path, n_sites: int, input_dim: int, hidden: int,
         keys[site_id] = load_identity(key_path)
         site_tables.append({"id": site_id, "public_key": pub_path.read_text().strip()})
     job = default_job({"id": "tabular-mlp", "input_dim": input_dim, "hidden": hidden,
-                       "num_classes": NUM_CLASSES}, training_rounds, min_sites=n_sites)
+                       "num_classes": NUM_CLASSES}, training_rounds, min_sites=n_sites,
+                      secure=False)  # plain rounds: bench/secagg.py measures secure ones
     job["job_id"] = "round-overhead"
     job["training"]["weighting"] = "uniform"
     # All sites answer at once: only `gather` could make a round wait; the other two are
