@@ -50,8 +50,9 @@ log = logging.getLogger("fedtune.server")
 CHALLENGE_TTL_S = 60
 MAX_CHALLENGES_PER_SITE = 4
 SESSION_TTL_S = 24 * 3600
-#: A site with no call in flight and none for this long is not "connected".
-LIVENESS_S = 10.0
+#: A site with no call in flight and none for this long is not "connected" (sites poll back
+#: to back, so a gap this long means the site is gone or cut off).
+LIVENESS_S = 3.0
 #: The run stops (failed) after this many rounds in a row released nothing.
 MAX_CONSECUTIVE_ABORTS = 5
 
@@ -435,6 +436,9 @@ class Coordinator(SecurePhasesMixin):
                 break
             released = self._run_round(participants, evaluate_only)
             aborts_in_a_row = 0 if released else aborts_in_a_row + 1
+            if aborts_in_a_row and aborts_in_a_row < MAX_CONSECUTIVE_ABORTS:
+                # back off before retrying: sites that refused or vanished get time to return
+                self._stop.wait(min(2.0 ** (aborts_in_a_row - 1), 10.0))
             if aborts_in_a_row >= MAX_CONSECUTIVE_ABORTS:
                 self.failure = f"{aborts_in_a_row} rounds in a row released nothing"
                 log_event(log, "run_failed", logging.ERROR, run=self.run_id, reason=self.failure)
@@ -525,6 +529,8 @@ class Coordinator(SecurePhasesMixin):
                 update_sum = update_sum + gaussian_noise(
                     update_sum.shape, self.job.site_dp.noise_multiplier * self.job.site_dp.clip_norm,
                     np.random.default_rng(secrets.randbits(128)))
+            if not np.isfinite(update_sum).all():  # checked before the optimiser's state moves
+                return self._abort(r, "the aggregate update is not finite; the model is unchanged")
             self._set_params(self.optimiser.step(self.params, update_sum / metric_sums.weight))
             self.completed_rounds += 1
             self.budget.charge_round(round_id)
