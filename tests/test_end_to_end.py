@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 
 import numpy as np
@@ -88,7 +89,11 @@ def test_site_killed_mid_round_the_round_completes_and_the_site_rejoins(fed_fact
 
 def test_coordinator_killed_after_round_k_resumes_at_k_plus_1_with_the_checkpointed_model(
         fed_factory, processes):
-    job = _job(DIGITS_MODEL, rounds=5, training={"local_epochs": 3})
+    # with site-level DP, so that the restart must also neither forget nor repeat a charge
+    job = _job(DIGITS_MODEL, rounds=5, training={"local_epochs": 3, "weighting": "uniform"},
+               server_optimizer={"name": "fedadam", "learning_rate": 0.01})
+    job["privacy"] = {"site_level": {"mode": "central", "clip_norm": 5.0,
+                                     "noise_multiplier": 0.01, "delta": 1e-5}}
     fed = fed_factory(n_sites=3, job=job)
     for s in fed.sites:
         _slow_down(s, 4)  # rounds of about a second, so the kill lands between rounds
@@ -123,4 +128,8 @@ def test_coordinator_killed_after_round_k_resumes_at_k_plus_1_with_the_checkpoin
     history, final = ckpt.read_history(fed.run_dir)
     assert sum(1 for h in history if not h.evaluate_only and not h.aborted) == 5
     assert final is not None
+    privacy = json.loads((fed.run_dir / "privacy.json").read_text())
+    assert privacy["site_level"]["released_rounds"] == 5  # one charge per released round
+    assert [e["round"] for e in privacy["history"]] == sorted({e["round"]
+                                                                for e in privacy["history"]})
 
