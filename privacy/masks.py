@@ -24,6 +24,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -87,6 +88,49 @@ def expand_mask(key: bytes, length: int, bits: int) -> U64Array:
     mask = wide[:length].astype(np.uint64, copy=False)
     mask &= modulus_mask
     return mask
+
+
+def word_dtype(bits: int) -> type[np.unsignedinteger[Any]]:
+    """The accumulator word for Z_(2^bits): uint32 up to 32 bits (it wraps mod 2^32, and
+    2^bits divides 2^32), else uint64."""
+    _check_bits(bits)
+    return np.uint32 if bits <= 32 else np.uint64
+
+
+def accumulate_mask(acc: npt.NDArray[Any], key: bytes, bits: int, subtract: bool = False) -> None:
+    """``acc ± expand_mask(key, len(acc), bits)`` in place, without materialising the mask.
+
+    Same mask as :func:`expand_mask` (same keystream bytes per element), streamed through one
+    cache-sized buffer and added with wrap-around in ``acc``'s own word
+    (:func:`word_dtype`); call :func:`reduce_mod` once after the last mask. This is the hot
+    loop of masking: one AES-CTR pass and one in-place add per mask.
+    """
+    _check_key(key)
+    dtype = word_dtype(bits)
+    if acc.dtype != dtype or acc.ndim != 1 or not acc.flags.c_contiguous:
+        raise MaskError(f"accumulator must be a contiguous 1-D {np.dtype(dtype).name} array")
+    width = np.dtype(dtype).itemsize
+    n = acc.shape[0]
+    per_chunk = _CHUNK_BYTES // width
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(ZERO_COUNTER)).encryptor()
+    buf = np.empty(per_chunk * width + BLOCK_BYTES - 1, dtype=np.uint8)
+    view = buf.data.cast("B")
+    zeros = bytes(min(n * width, per_chunk * width))
+    little = "<u4" if width == 4 else "<u8"
+    op = np.subtract if subtract else np.add
+    for start in range(0, n, per_chunk):
+        m = min(per_chunk, n - start)
+        encryptor.update_into(zeros[: m * width], view[: m * width + BLOCK_BYTES - 1])
+        words = np.frombuffer(buf, dtype=little, count=m)
+        op(acc[start:start + m], words, out=acc[start:start + m], casting="unsafe")
+    encryptor.finalize()
+
+
+def reduce_mod(acc: npt.NDArray[Any], bits: int) -> U64Array:
+    """The accumulator's values mod 2^bits, as uint64."""
+    out: U64Array = acc.astype(np.uint64)
+    out &= np.uint64(_modulus_mask(bits))
+    return out
 
 
 def mod_add(a: U64Array, b: U64Array, bits: int) -> U64Array:

@@ -43,7 +43,7 @@ from .key_agreement import (
     private_from_raw,
     private_to_raw,
 )
-from .masks import expand_mask, mod_add, mod_sub
+from .masks import accumulate_mask, reduce_mod, word_dtype
 from .neighbours import default_degree, neighbour_graph
 from .signatures import statement
 
@@ -116,16 +116,14 @@ def _share_aad(p: RoundParameters, sender: str, receiver: str) -> bytes:
                      sender.encode(), receiver.encode())
 
 
-def _self_mask(p: RoundParameters, site: str, seed: bytes, length: int) -> np.ndarray:
-    key = derive_key(seed, run_id=p.run_id, round_id=p.round_id, purpose="self-mask", site=site)
-    return expand_mask(key, length, p.bits)
+def _self_mask_key(p: RoundParameters, site: str, seed: bytes) -> bytes:
+    return derive_key(seed, run_id=p.run_id, round_id=p.round_id, purpose="self-mask", site=site)
 
 
-def _pair_mask(p: RoundParameters, private_raw: bytes, me: str, peer: str, peer_public: bytes,
-               length: int) -> np.ndarray:
-    key = derive_pair_key(private_from_raw(private_raw), peer_public, run_id=p.run_id,
-                          round_id=p.round_id, purpose="pair-mask", site_a=me, site_b=peer)
-    return expand_mask(key, length, p.bits)
+def _pair_mask_key(p: RoundParameters, private_raw: bytes, me: str, peer: str,
+                   peer_public: bytes) -> bytes:
+    return derive_pair_key(private_from_raw(private_raw), peer_public, run_id=p.run_id,
+                           round_id=p.round_id, purpose="pair-mask", site_a=me, site_b=peer)
 
 
 @dataclass
@@ -202,16 +200,14 @@ class SiteRound:
         if len(self.held) < p.threshold - 1:
             raise SecAggError(f"only {len(self.held)} neighbours shared keys; the round cannot "
                               f"reach the threshold {p.threshold}")
-        length = quantised.shape[0]
-        masked = mod_add(quantised.astype(np.uint64), _self_mask(p, self.site_id, self.self_seed,
-                                                                  length), p.bits)
+        acc = quantised.astype(word_dtype(p.bits))  # quantised values are < 2^bits
+        accumulate_mask(acc, _self_mask_key(p, self.site_id, self.self_seed), p.bits)
         own = private_to_raw(self.masking.private)
         self.mask_peers = tuple(sorted(self.held))
         for peer in self.mask_peers:
-            pair = _pair_mask(p, own, self.site_id, peer, self.peer_keys[peer][1], length)
-            masked = (mod_add(masked, pair, p.bits) if self.site_id < peer
-                      else mod_sub(masked, pair, p.bits))
-        return masked
+            key = _pair_mask_key(p, own, self.site_id, peer, self.peer_keys[peer][1])
+            accumulate_mask(acc, key, p.bits, subtract=self.site_id > peer)
+        return reduce_mod(acc, p.bits)
 
     # -- phase 5: consistency check and unmask ---------------------------------------------
 
@@ -276,11 +272,10 @@ def unmask_sum(params: RoundParameters, masked_sum: np.ndarray, survivors: Seque
     arrived, or a reconstructed mask key does not match its advertised public key.
     """
     p = params
-    length = masked_sum.shape[0]
-    total = masked_sum.astype(np.uint64)
+    total = masked_sum.astype(word_dtype(p.bits))  # the masked sum is already < 2^bits
     for u in survivors:
         seed = _reconstruct(p, u, SELF_MASK, revealed)
-        total = mod_sub(total, _self_mask(p, u, seed, length), p.bits)
+        accumulate_mask(total, _self_mask_key(p, u, seed), p.bits, subtract=True)
     dropped = set(dropouts)
     for d in sorted(dropped):
         secret = _reconstruct(p, d, MASK_KEY, revealed)
@@ -294,10 +289,10 @@ def unmask_sum(params: RoundParameters, masked_sum: np.ndarray, survivors: Seque
         for u in survivors:
             if d not in mask_peers.get(u, ()):
                 continue
-            pair = _pair_mask(p, secret, d, u, mask_public_keys[u], length)
+            key = _pair_mask_key(p, secret, d, u, mask_public_keys[u])
             # u added +pair when u < d, -pair otherwise: undo it
-            total = mod_sub(total, pair, p.bits) if u < d else mod_add(total, pair, p.bits)
-    return total
+            accumulate_mask(total, key, p.bits, subtract=u < d)
+    return reduce_mod(total, p.bits)
 
 
 def _public_of(private_raw: bytes) -> bytes:

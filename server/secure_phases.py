@@ -149,7 +149,8 @@ class SecurePhasesMixin:
     def submit_masked(self: Coordinator, site: str, ref: pb.RoundRef, vector: np.ndarray) -> None:
         bits = self.job.secure_aggregation.bits
         as_ring = vector.astype(np.uint64)
-        if bits < 64 and np.any(as_ring >> np.uint64(bits)):
+        # a <u4 vector at 32 bits is in the ring by construction; check the others
+        if bits < 8 * vector.dtype.itemsize and np.any(as_ring >> np.uint64(bits)):
             raise invalid(f"masked input has values outside Z_(2^{bits})")
         self.behaviour.observe(site, "masked_input", as_ring)
         with self._cond:

@@ -209,3 +209,17 @@ def test_keystream_rate_is_measured_in_bytes_per_second() -> None:
 def test_keystream_rate_needs_a_positive_duration() -> None:
     with pytest.raises(masks.MaskError, match="> 0 seconds"):
         masks.keystream_bytes_per_second(0)
+
+
+@pytest.mark.parametrize("bits", [16, 32, 40, 62])
+@pytest.mark.parametrize("length", [1, 1000, 70_000])
+def test_accumulating_a_mask_in_place_equals_adding_the_expanded_mask(bits, length):
+    rng = np.random.default_rng(bits + length)
+    x = rng.integers(0, 2 ** bits, size=length, dtype=np.uint64)
+    key_a, key_b = bytes(range(32)), bytes(range(1, 33))
+    expected = masks.mod_sub(masks.mod_add(x, masks.expand_mask(key_a, length, bits), bits),
+                             masks.expand_mask(key_b, length, bits), bits)
+    acc = x.astype(masks.word_dtype(bits))
+    masks.accumulate_mask(acc, key_a, bits)
+    masks.accumulate_mask(acc, key_b, bits, subtract=True)
+    np.testing.assert_array_equal(masks.reduce_mod(acc, bits), expected)
