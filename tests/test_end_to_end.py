@@ -52,7 +52,8 @@ def _slow_down(site: lf.SiteFiles, factor: int) -> None:
 
 
 def test_site_killed_mid_round_the_round_completes_and_the_site_rejoins(fed_factory, processes):
-    job = _job(DIGITS_MODEL, rounds=6, deadlines={"gather": 1.0, "offer": 20.0, "input": 6.0},
+    # gather 30: after the kill, the next round waits up to 30 s for the restarted victim
+    job = _job(DIGITS_MODEL, rounds=6, deadlines={"gather": 30.0, "offer": 20.0, "input": 30.0},
                training={"local_epochs": 3})
     fed = fed_factory(n_sites=3, job=job)
     victim = fed.sites[2]
