@@ -653,7 +653,9 @@ def run_configuration(n: int, target: int, rounds: int, budget_s: float, with_fl
         r[system]["load_1min"] = [load0, _load()]
         _progress(n, system, r[system])
     # physical references, measured right after the fedtune runs on the same machine
-    r["keystream_bytes_per_s"] = masks.keystream_bytes_per_second(0.3)
+    # the cipher's raw rate is its best case: the best of 5 short windows, so that a burst of
+    # load from other processes does not lower the bound (it is measured on the wall clock)
+    r["keystream_bytes_per_s"] = max(masks.keystream_bytes_per_second(0.1) for _ in range(5))
     r["np_add_s"] = memory_floor_s(n, size)
     if not with_flower:
         r["flower"] = {"skipped": "not run"}
