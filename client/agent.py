@@ -115,6 +115,7 @@ class SiteAgent(SecureSiteMixin):
         self._run_id = ""
         self._accepted: dict[tuple[str, int], _Accepted] = {}
         self._secure: dict[tuple[str, int], SecureState] = {}
+        self._abandoned: set[tuple[str, int]] = set()
         self._ledger_db: Ledger | None = None
         self._param_counts: dict[ModelConfig, int] = {}
         self._dataset_digest: str | None = None
@@ -226,10 +227,28 @@ class SiteAgent(SecureSiteMixin):
             raise
         except Exception:
             log.exception("task %s failed", task.WhichOneof("kind"))
+            self._abandon(task)
             return False
+
+    def _abandon(self, task: pb.Task) -> None:
+        """Leave the round of a task that failed: it is not retried (the coordinator would
+        re-deliver it on every poll); the site is a dropout of that round."""
+        kind = task.WhichOneof("kind")
+        ref = getattr(getattr(task, kind), "ref", None) if kind else None
+        if ref is not None and ref.run_id:
+            key = (ref.run_id, ref.round)
+            self._accepted.pop(key, None)
+            self._secure.pop(key, None)
+            self._abandoned.add(key)
+            self.outcome.refusals.append(f"left round {ref.round}: the {kind} task failed")
 
     def _dispatch(self, task: pb.Task) -> bool:
         kind = task.WhichOneof("kind")
+        ref = getattr(getattr(task, kind), "ref", None) if kind else None
+        if (kind in ("submit_input", "share_keys", "consistency", "unmask") and ref is not None
+                and (ref.run_id, ref.round) in self._abandoned):
+            self._stop.wait(1.0)  # a round this site left: do not spin on its tasks
+            return False
         if kind == "offer":
             self._on_offer(task.offer)
         elif kind == "submit_input":
@@ -399,6 +418,7 @@ class SiteAgent(SecureSiteMixin):
         if accepted is None:
             log_event(log, "unexpected_task", logging.WARNING, run=ref.run_id, round=ref.round,
                       site=self.config.site_id, task="submit_input")
+            self._abandoned.add((ref.run_id, ref.round))
             return
         offer, job = accepted.offer, accepted.job
         global_params = self._download(offer)

@@ -66,6 +66,7 @@ class SecureSiteMixin:
     def _leave_round(self: SiteAgent, ref: pb.RoundRef, reason: str) -> None:
         self._secure.pop((ref.run_id, ref.round), None)
         self._accepted.pop((ref.run_id, ref.round), None)
+        self._abandoned.add((ref.run_id, ref.round))
         self.outcome.refusals.append(reason)
         log_event(log, "secure_round_refused", logging.WARNING, run=ref.run_id, round=ref.round,
                   site=self.config.site_id, reason=reason)
@@ -75,6 +76,7 @@ class SecureSiteMixin:
         if state is None:
             log_event(log, "unexpected_task", logging.WARNING, run=ref.run_id, round=ref.round,
                       site=self.config.site_id, task=task)
+            self._abandoned.add((ref.run_id, ref.round))  # not this site's round: stop asking
         return state
 
     # -- phase 2: advertise ----------------------------------------------------------------

@@ -109,10 +109,10 @@ def train_dp_sgd(model: nn.Module, data: SiteData, config: TrainingConfig,
     else:
         optimiser = torch.optim.SGD(params, lr=config.learning_rate, momentum=config.momentum)
     model.train()
-    engine = PrivacyEngine(accountant="rdp")
     with warnings.catch_warnings():
         # "Secure RNG turned off": known and documented above (docs/decisions.md)
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="rdp")
         private_model, private_optimiser, private_loader = engine.make_private(
             module=model, optimizer=optimiser, data_loader=loader,
             noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
