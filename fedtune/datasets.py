@@ -371,20 +371,7 @@ def partition_by_group(
     DatasetError
         If ``n_sites`` exceeds the number of groups or a site gets fewer than ``min_size``.
     """
-    _check_sites(n_sites)
-    groups = np.asarray(groups)
-    ids, counts = np.unique(groups, return_counts=True)
-    if n_sites > len(ids):
-        raise DatasetError(f"n_sites={n_sites} exceeds the {len(ids)} groups (institutions)")
-    order = sorted(range(len(ids)), key=lambda g: (-counts[g], ids[g]))
-    assigned: list[list[int]] = [[] for _ in range(n_sites)]
-    sizes = [0] * n_sites
-    for g in order:
-        site = min(range(n_sites), key=lambda s: (sizes[s], s))
-        assigned[site].append(g)
-        sizes[site] += int(counts[g])
-    parts = [np.flatnonzero(np.isin(groups, ids[a])) for a in assigned]
-    return _check_min_size(parts, min_size, f"a split of {len(ids)} groups into {n_sites} sites")
+    return _assign_groups(groups, n_sites, None, min_size)
 
 
 def partition_groups_shuffled(
@@ -401,16 +388,27 @@ def partition_groups_shuffled(
     DatasetError
         If ``n_sites`` exceeds the number of groups or a site gets fewer than ``min_size``.
     """
+    return _assign_groups(groups, n_sites, seed, min_size)
+
+
+def _assign_groups(groups: np.ndarray, n_sites: int, seed: int | None,
+                   min_size: int) -> list[np.ndarray]:
+    """Whole groups, each to the currently smallest site (ties: lower site number): largest
+    group first (ties: smaller id) when ``seed`` is None, else in a seeded random order."""
     _check_sites(n_sites)
     groups = np.asarray(groups)
     ids, counts = np.unique(groups, return_counts=True)
     if n_sites > len(ids):
-        raise DatasetError(f"n_sites={n_sites} exceeds the {len(ids)} groups")
+        raise DatasetError(f"n_sites={n_sites} exceeds the {len(ids)} groups (institutions)")
+    if seed is None:
+        order = sorted(range(len(ids)), key=lambda g: (-counts[g], ids[g]))
+    else:
+        order = [int(g) for g in np.random.default_rng(seed).permutation(len(ids))]
     assigned: list[list[int]] = [[] for _ in range(n_sites)]
     sizes = [0] * n_sites
-    for g in np.random.default_rng(seed).permutation(len(ids)):
+    for g in order:
         site = min(range(n_sites), key=lambda s: (sizes[s], s))
-        assigned[site].append(int(g))
+        assigned[site].append(g)
         sizes[site] += int(counts[g])
     parts = [np.flatnonzero(np.isin(groups, ids[a])) for a in assigned]
     return _check_min_size(parts, min_size, f"a split of {len(ids)} groups into {n_sites} sites")

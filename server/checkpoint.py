@@ -74,18 +74,21 @@ def load(run_dir: Path) -> Checkpoint | None:
 
 def read_history(run_dir: Path) -> tuple[list, Any]:
     """The round summaries and final metrics recorded in a run directory's checkpoint."""
+    state = load(run_dir)
+    return ([], None) if state is None else history_of(state.meta)
+
+
+def history_of(meta: dict[str, Any]) -> tuple[list, Any]:
+    """The round summaries and final metrics in a checkpoint's metadata."""
     from fedtune.proto import fedtune_pb2 as pb
 
-    state = load(run_dir)
-    if state is None:
-        return [], None
     history = []
-    for entry in state.meta.get("history", []):
+    for entry in meta.get("history", []):
         summary = pb.RoundSummary()
         summary.ParseFromString(bytes.fromhex(entry))
         history.append(summary)
     final = None
-    if state.meta.get("final_metrics"):
+    if meta.get("final_metrics"):
         final = pb.AggregateMetrics()
-        final.ParseFromString(bytes.fromhex(state.meta["final_metrics"]))
+        final.ParseFromString(bytes.fromhex(meta["final_metrics"]))
     return history, final

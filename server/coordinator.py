@@ -160,7 +160,7 @@ class Coordinator(SecurePhasesMixin):
         self.completed_rounds = int(state.meta["completed_rounds"])
         self.budget.load_state(state.meta.get("privacy", {}))
         self.budget_stop = str(state.meta.get("budget_stop", ""))
-        self.history, self.final_metrics = ckpt.read_history(self.run_dir)
+        self.history, self.final_metrics = ckpt.history_of(state.meta)
         self.finished = self.final_metrics is not None
         log_event(log, "resumed", run=self.run_id, round=self.next_round_id,
                   completed_rounds=self.completed_rounds)
@@ -571,12 +571,7 @@ class Coordinator(SecurePhasesMixin):
         summed = WeightedSum(0 if r.evaluate_only else self.params.size)
         for site_input in r.inputs.values():
             summed.add(site_input.vector, site_input.metrics)
-        sums = summed.metrics
-        metric_sums = pb.PlainMetrics(
-            train_loss_sum=sums.train_loss_sum, eval_loss_sum=sums.eval_loss_sum,
-            eval_correct=sums.eval_correct, eval_count=sums.eval_count,
-            train_count=sums.train_count, weight=sums.weight)
-        return summed.total, metric_sums, sorted(r.inputs), dropouts
+        return summed.total, summed.metrics, sorted(r.inputs), dropouts
 
     def _abort(self, r: RoundState, reason: str) -> bool:
         """Release nothing: the global model, optimiser and checkpoint stay as they were."""
