@@ -48,3 +48,41 @@ def test_a_refused_job_is_recorded_with_the_sites_reason(tmp_path, caplog):
     assert refused[0].fields["reason"] == reason
     assert {s.site_id: s.last_refusal for s in status.sites}[strict.site_id] == reason
     assert not [r for r in caplog.records if getattr(r, "event", "") == "round_aborted"]
+
+
+def test_a_refusal_for_bad_local_data_never_carries_the_data(tmp_path, caplog):
+    fed = lf.prepare(tmp_path, dataset="breast-cancer", n_sites=2, rounds=1)
+    job = lf.default_job({"id": "tabular-mlp", "input_dim": 30, "num_classes": 2},
+                         rounds=1, min_sites=1, secure=False)
+    job["deadlines"] = {"gather": 0.5, "offer": 10.0, "input": 30.0}
+    text = fed.federation.read_text()
+    fed.federation.write_text(text[:text.index("[job]")] + lf.toml_dumps({"job": job}))
+    leaky = fed.sites[1]
+    lines = leaky.data.read_text().splitlines()
+    cells = lines[3].split(",")
+    cells[0] = "Jane Doe HIV positive"
+    lines[3] = ",".join(cells)
+    leaky.data.write_text("\n".join(lines) + "\n")
+
+    running = app.start(load_federation(fed.federation), port=0, insecure=True)
+    agents = [SiteAgent(SiteAgentConfig(
+        coordinator=f"127.0.0.1:{running.port}", site_id=s.site_id,
+        identity=load_identity(s.key), data_path=s.data, policy=load_policy(s.policy),
+        give_up_after_s=5)) for s in fed.sites]
+    threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+    try:
+        with caplog.at_level("INFO", logger="fedtune"):
+            for t in threads:
+                t.start()
+            assert running.wait(timeout=120), "the run did not finish"
+            status = running.coordinator.status()
+    finally:
+        running.stop()
+    refused = {s.site_id: s.last_refusal for s in status.sites}[leaky.site_id]
+    assert "does not fit" in refused and "Jane" not in refused
+    coordinator_lines = [r.getMessage() + str(getattr(r, "fields", ""))
+                         for r in caplog.records if r.name.startswith("fedtune.server")]
+    assert not [line for line in coordinator_lines if "Jane" in line]
+    # the detail stays in the site's own log
+    assert any("Jane" in str(getattr(r, "fields", "")) for r in caplog.records
+               if r.name == "fedtune.site")
