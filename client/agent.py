@@ -4,6 +4,10 @@ The agent is a gRPC *client*: it long-polls ``PollTask`` and answers the task it
 never accepts connections and never runs code it receives. Connection loss (a coordinator
 restart, a network cut) is handled by reconnecting with exponential backoff and
 re-authenticating with a fresh challenge; a round the agent missed is simply a dropout.
+
+With a state directory, every message the agent sends and every change to its privacy ledger
+is first written to its signed egress log (:mod:`fedtune.client.egress_log`); an agent whose
+existing egress log does not verify refuses to run rather than send anything unlogged.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedtune import models
+from fedtune.audit import ChainError
 from fedtune.client import trainer
 from fedtune.client.data import DataError, SiteData, load_site_data, train_eval_split
-from fedtune.client.ledger import Ledger, dataset_id
+from fedtune.client.egress_log import CONTROL, EgressLog
+from fedtune.client.ledger import Charge, Ledger, dataset_id
 from fedtune.client.policy_guard import refusal_reason
 from fedtune.client.secure_phases import SecureSiteMixin, SecureState
 from fedtune.job import JobConfig, ModelConfig, job_digest, job_from_proto, offered_job_problem
@@ -74,7 +80,7 @@ class SiteAgentConfig:
     #: fault injection for tests and scenario replays: (phase, round id) at which this site
     #: vanishes without a word; phase is one of DROP_PHASES
     drop_at: tuple[str, int] | None = None
-    #: where the site keeps its privacy ledger (needed for DP-SGD jobs)
+    #: where the site keeps its privacy ledger (needed for DP-SGD jobs) and its egress log
     state_dir: Path | None = None
 
 
@@ -120,6 +126,7 @@ class SiteAgent(SecureSiteMixin):
         self._param_counts: dict[ModelConfig, int] = {}
         self._dataset_digest: str | None = None
         self._data_cache: dict[tuple[ModelConfig, float, int], tuple[SiteData, SiteData]] = {}
+        self._egress: EgressLog | None = None
         self.outcome = SiteOutcome(finished=False)
 
     # ------------------------------------------------------------------ connection
@@ -138,11 +145,13 @@ class SiteAgent(SecureSiteMixin):
     def _authenticate(self) -> None:
         assert self._stub is not None
         site = self.config.site_id
-        challenge = self._stub.Hello(pb.HelloRequest(site_id=site), timeout=CALL_TIMEOUT_S)
+        hello = pb.HelloRequest(site_id=site)
+        self._log_sent("Hello", "", 0, hello)
+        challenge = self._stub.Hello(hello, timeout=CALL_TIMEOUT_S)
         signature = sign(self.config.identity, auth_statement(challenge.run_id, site, challenge.nonce))
-        session = self._stub.Authenticate(
-            pb.AuthenticateRequest(site_id=site, nonce=challenge.nonce, signature=signature),
-            timeout=CALL_TIMEOUT_S)
+        request = pb.AuthenticateRequest(site_id=site, nonce=challenge.nonce, signature=signature)
+        self._log_sent("Authenticate", challenge.run_id, 0, request)
+        session = self._stub.Authenticate(request, timeout=CALL_TIMEOUT_S)
         self._token, self._run_id = session.token, session.run_id
         log_event(log, "authenticated", run=self._run_id, site=site,
                   coordinator=self.config.coordinator)
@@ -188,14 +197,57 @@ class SiteAgent(SecureSiteMixin):
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> SiteOutcome:
+        if not self._open_egress_log():
+            return self.outcome
+        try:
+            return self._run()
+        finally:
+            if self._egress is not None:
+                self._egress.close()
+                self._egress = None
+
+    def _open_egress_log(self) -> bool:
+        """Open the signed egress log of the state directory (none without one)."""
+        if self.config.state_dir is None:
+            return True
+        peers = self.config.peers
+        try:
+            self._egress = EgressLog(self.config.state_dir, self.config.site_id,
+                                     self.config.identity, peers.coordinator_key if peers else None)
+        except (ChainError, OSError) as exc:
+            self.outcome.failed = True
+            self.outcome.failure = f"egress log: {exc}"
+            log_event(log, "egress_log_unusable", logging.ERROR, site=self.config.site_id,
+                      reason=str(exc))
+            return False
+        return True
+
+    def _log_sent(self, kind: str, run: str, round_id: int, message=None, **extra) -> int | None:
+        """Write the egress record of a message before it is sent (None: no egress log)."""
+        if self._egress is None:
+            return None
+        return self._egress.sent(kind, run, round_id, message, **extra)
+
+    def _send(self, kind: str, ref: pb.RoundRef, call, message=None, **extra):
+        """Log, then make the call; a call the coordinator does not acknowledge is logged."""
+        seq = self._log_sent(kind, ref.run_id, ref.round, message, **extra)
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if seq is not None and self._egress is not None and kind not in CONTROL:
+                self._egress.failed(seq, kind, ref.run_id, ref.round, exc.code().name)
+            raise
+
+    def _run(self) -> SiteOutcome:
         if not self._connect_with_backoff():
             return self.outcome
         while not self._stop.is_set():
             try:
                 assert self._stub is not None
                 wait_ms = self.config.poll_wait_ms
-                task = self._stub.PollTask(pb.PollRequest(wait_ms=wait_ms),
-                                           metadata=self._metadata(),
+                poll = pb.PollRequest(wait_ms=wait_ms)
+                self._log_sent("PollTask", self._run_id, 0, poll)
+                task = self._stub.PollTask(poll, metadata=self._metadata(),
                                            timeout=wait_ms / 1000.0 + CALL_TIMEOUT_S)
                 if self._handle(task):
                     break
@@ -269,9 +321,12 @@ class SiteAgent(SecureSiteMixin):
             self._secure.pop((r.ref.run_id, r.ref.round), None)
             if self.config.state_dir is not None and self._ledger_db is not None:
                 if r.aborted:  # nothing was released: the pending charge is withdrawn
-                    self._ledger_db.cancel(r.ref.run_id, r.ref.round)
+                    changed = self._ledger_db.cancel(r.ref.run_id, r.ref.round)
                 else:
-                    self._ledger_db.commit(r.ref.run_id, r.ref.round)
+                    changed = self._ledger_db.commit(r.ref.run_id, r.ref.round)
+                for charge in changed:
+                    self._log_charge("cancel" if r.aborted else "commit",
+                                     "aborted" if r.aborted else "released", charge)
             log_event(log, "round_result", run=r.ref.run_id, round=r.ref.round,
                       site=self.config.site_id, aborted=r.aborted, reason=r.abort_reason,
                       contributors=list(r.contributors),
@@ -333,9 +388,11 @@ class SiteAgent(SecureSiteMixin):
             reason = self._privacy_refusal(job, offer)
         accept = reason is None
         assert self._stub is not None
-        self._stub.RespondOffer(pb.OfferResponse(ref=ref, accept=accept,
-                                                 refusal_reason=(reason or "")[:MAX_REASON]),
-                                metadata=self._metadata(), timeout=CALL_TIMEOUT_S)
+        response = pb.OfferResponse(ref=ref, accept=accept,
+                                    refusal_reason=(reason or "")[:MAX_REASON])
+        self._send("RespondOffer", ref, lambda: self._stub.RespondOffer(
+            response, metadata=self._metadata(), timeout=CALL_TIMEOUT_S), response,
+            job_digest=offer.job_digest.hex(), accept=accept)
         if accept:
             accepted = _Accepted(offer, job)
             self._accepted[(ref.run_id, ref.round)] = accepted
@@ -401,14 +458,26 @@ class SiteAgent(SecureSiteMixin):
         if not job.record_dp.enabled or accepted.offer.evaluate_only:
             return
         ledger = self._ledger()
-        ledger.reserve(self._dataset_id(), ref.run_id, ref.round, job.job_id,
-                       record_level_release(job))
+        release = record_level_release(job)
+        if ledger.reserve(self._dataset_id(), ref.run_id, ref.round, job.job_id, release):
+            self._log_charge("reserve", "send", Charge(self._dataset_id(), ref.run_id, ref.round,
+                                                       job.job_id, release, "pending",
+                                                       time.time()))
         if not secure:
-            ledger.commit(ref.run_id, ref.round)
+            for charge in ledger.commit(ref.run_id, ref.round):
+                self._log_charge("commit", "plain", charge)
         log_event(log, "privacy_charged", run=ref.run_id, round=ref.round,
                   site=self.config.site_id, pending=secure,
                   dataset_epsilon=round(ledger.spent(self._dataset_id(),
                                                      self.config.policy.record_delta), 4))
+
+    def _log_charge(self, action: str, reason: str, charge: Charge) -> None:
+        """Put a change of the privacy ledger on the egress log (after the ledger has it)."""
+        if self._egress is None:
+            return
+        delta = self.config.policy.record_delta
+        self._egress.ledger(action, reason, charge, delta,
+                            self._ledger().spent(charge.dataset, delta))
 
     # ------------------------------------------------------------------ input
 
@@ -431,7 +500,7 @@ class SiteAgent(SecureSiteMixin):
                       site=self.config.site_id)
             return
         self._charge(accepted, secure=False)
-        self._submit(ref, vector, metrics)
+        self._submit(ref, vector, metrics, offer.parameters.sha256)
         self.outcome.rounds_contributed += 0 if offer.evaluate_only else 1
         log_event(log, "input_sent", run=ref.run_id, round=ref.round, site=self.config.site_id,
                   phase="masked_input", bytes=int(vector.nbytes),
@@ -443,15 +512,17 @@ class SiteAgent(SecureSiteMixin):
 
     def _call(self, method: str, request) -> pb.Ack:
         assert self._stub is not None
-        return getattr(self._stub, method)(request, metadata=self._metadata(),
-                                           timeout=CALL_TIMEOUT_S)
+        ref = request.advertisement.ref if method == "AdvertiseKeys" else request.ref
+        return self._send(method, ref, lambda: getattr(self._stub, method)(
+            request, metadata=self._metadata(), timeout=CALL_TIMEOUT_S), request)
 
     def _download(self, offer: pb.Offer) -> np.ndarray | None:
         """The round's global parameters, checked against the offered spec."""
         ref = offer.ref
         assert self._stub is not None
-        chunks = self._stub.GetParameters(pb.ParametersRequest(ref=ref, chunk_bytes=CHUNK_BYTES),
-                                          metadata=self._metadata(),
+        request = pb.ParametersRequest(ref=ref, chunk_bytes=CHUNK_BYTES)
+        self._log_sent("GetParameters", ref.run_id, ref.round, request)
+        chunks = self._stub.GetParameters(request, metadata=self._metadata(),
                                           timeout=CALL_TIMEOUT_S + offer.parameters.nbytes / 5e6)
         try:
             return assemble(chunks, expected=offer.parameters)
@@ -460,11 +531,17 @@ class SiteAgent(SecureSiteMixin):
                       site=self.config.site_id, reason=str(exc))
             return None
 
-    def _submit(self, ref: pb.RoundRef, vector: np.ndarray,
-                metrics: pb.PlainMetrics | None) -> None:
+    def _submit(self, ref: pb.RoundRef, vector: np.ndarray, metrics: pb.PlainMetrics | None,
+                params_sha256: bytes) -> None:
         assert self._stub is not None
-        self._stub.SubmitInput(self._input_stream(ref, vector, metrics), metadata=self._metadata(),
-                               timeout=CALL_TIMEOUT_S + vector.nbytes / 5e6)
+        extra = {"params_sha256": params_sha256.hex()}
+        if metrics is not None:
+            extra["metrics_sha256"] = hashlib.sha256(
+                metrics.SerializeToString(deterministic=True)).hexdigest()
+        self._send("SubmitInput", ref, lambda: self._stub.SubmitInput(
+            self._input_stream(ref, vector, metrics), metadata=self._metadata(),
+            timeout=CALL_TIMEOUT_S + vector.nbytes / 5e6),
+            sha256=spec_for(vector).sha256, size=vector.nbytes, **extra)
 
     def compute_input(self, job: JobConfig, global_params: np.ndarray, evaluate_only: bool,
                       round_id: int) -> tuple[np.ndarray, pb.PlainMetrics]:

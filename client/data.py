@@ -36,6 +36,12 @@ Text (``minilm-lora``)
     ``label`` column, tokenised at load time: see :mod:`fedtune.client.text_data`. Its
     features are int64 token ids ``(N, L)``.
 
+Prompt/response pairs (``smollm2-lora``)
+    A language model's job reads ``.jsonl``, ``.csv`` or ``.csv.gz`` with a ``prompt`` and a
+    ``response`` column, formatted with the model's chat template and tokenised at load time
+    (:mod:`fedtune.client.text_data`). Its features are int64 token ids ``(N, L)`` and its
+    labels int64 next-token targets ``(N, L)``, -100 where nothing is predicted.
+
 Values are used as they are: nothing is scaled or standardised here. A site prepares its
 features the way the federation agreed; the bundled splits written by ``fedtune data split``
 (:mod:`fedtune.datasets`) hold z-scored tabular features and images scaled to ``[0, 1]``.
@@ -56,6 +62,8 @@ from fedtune.job import ModelConfig
 from fedtune.models import PRETRAINED_IDS, input_shape
 
 LABEL_COLUMN = "label"
+#: a next-token target that is not predicted (PyTorch's ``cross_entropy`` default ignore_index)
+IGNORE_INDEX = -100
 
 
 class DataError(ValueError):
@@ -70,9 +78,12 @@ class SiteData:
     ----------
     features:
         float32, shape ``(N, D)`` for ``tabular-mlp`` or ``(N, C, H, W)`` for ``image-cnn``;
-        int64 token ids ``(N, L)`` for ``minilm-lora``.
+        int64 token ids ``(N, L)`` for the pretrained models.
     labels:
-        int64, shape ``(N,)``, classes ``0 .. num_classes-1``.
+        int64, shape ``(N,)``, classes ``0 .. num_classes-1``; for a causal language model,
+        int64 next-token targets of the same shape ``(N, L)`` as the token ids:
+        ``labels[i, t]`` is the token that must follow position ``t`` of sample ``i``, or
+        :data:`IGNORE_INDEX` where nothing is predicted (prompt, last token, padding).
     """
 
     features: np.ndarray
@@ -84,10 +95,17 @@ class SiteData:
                 f"features must have a sample axis and a feature axis, "
                 f"got shape {self.features.shape}"
             )
-        if self.labels.ndim != 1 or len(self.labels) != len(self.features):
+        per_token = self.labels.ndim == 2 and self.labels.shape == self.features.shape
+        if not per_token and (self.labels.ndim != 1 or len(self.labels) != len(self.features)):
             raise ValueError(
-                f"labels must have shape ({len(self.features)},), got {self.labels.shape}"
+                f"labels must have shape ({len(self.features)},), or {self.features.shape} "
+                f"for next-token targets, got {self.labels.shape}"
             )
+
+    @property
+    def next_token_targets(self) -> bool:
+        """Whether the labels are per-position next-token targets (a causal language model)."""
+        return self.labels.ndim == 2
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -100,7 +118,8 @@ def load_site_data(path: str | os.PathLike[str], model: ModelConfig) -> SiteData
     ----------
     path:
         A ``.csv``, ``.csv.gz`` or ``.npz`` file in the formats of the module docstring (for a
-        text model: ``.csv``, ``.csv.gz`` or ``.jsonl``, see :mod:`fedtune.client.text_data`).
+        pretrained model: ``.csv``, ``.csv.gz`` or ``.jsonl``, see
+        :mod:`fedtune.client.text_data`).
     model:
         The job's model description; fixes the feature count or image shape and the number of
         classes.
@@ -108,7 +127,8 @@ def load_site_data(path: str | os.PathLike[str], model: ModelConfig) -> SiteData
     Returns
     -------
     SiteData
-        float32 features shaped for the model, int64 labels.
+        float32 features shaped for the model (int64 token ids for a pretrained model), int64
+        labels.
 
     Raises
     ------

@@ -77,13 +77,14 @@ class Ledger:
         self._db.close()
 
     def charges(self, dataset: str | None = None) -> list[Charge]:
-        query = "SELECT dataset, run_id, round, job_id, mechanism, noise_multiplier, " \
-                "sample_rate, steps, status, created FROM charges"
-        rows = (self._db.execute(query + " WHERE dataset = ? ORDER BY created", (dataset,))
-                if dataset else self._db.execute(query + " ORDER BY created"))
-        return [Charge(d, r, int(n), j, Release(mechanism=m, noise_multiplier=z, sample_rate=q,
-                                                steps=int(s)), st, c)
-                for d, r, n, j, m, z, q, s, st, c in rows]
+        rows = (self._db.execute(_SELECT + " WHERE dataset = ? ORDER BY created", (dataset,))
+                if dataset else self._db.execute(_SELECT + " ORDER BY created"))
+        return [_charge(row) for row in rows]
+
+    def _pending(self, run_id: str, round_id: int) -> list[Charge]:
+        rows = self._db.execute(_SELECT + " WHERE run_id = ? AND round = ? AND "
+                                "status = 'pending' ORDER BY created", (run_id, round_id))
+        return [_charge(row) for row in rows]
 
     def spent(self, dataset: str, delta: float) -> float:
         """ε of everything charged to ``dataset`` (pending charges included)."""
@@ -103,11 +104,27 @@ class Ledger:
              release.sample_rate, release.steps, time.time()))
         return cursor.rowcount == 1
 
-    def commit(self, run_id: str, round_id: int) -> None:
+    def commit(self, run_id: str, round_id: int) -> list[Charge]:
+        """The round released an aggregate: its pending charges are spent; returns them."""
+        pending = self._pending(run_id, round_id)
         self._db.execute("UPDATE charges SET status = 'committed' WHERE run_id = ? AND round = ?",
                          (run_id, round_id))
+        return pending
 
-    def cancel(self, run_id: str, round_id: int) -> None:
-        """The round released nothing: its pending charge is withdrawn (never a committed one)."""
+    def cancel(self, run_id: str, round_id: int) -> list[Charge]:
+        """The round released nothing: its pending charges are withdrawn (never a committed
+        one); returns them."""
+        pending = self._pending(run_id, round_id)
         self._db.execute("DELETE FROM charges WHERE run_id = ? AND round = ? AND status = 'pending'",
                          (run_id, round_id))
+        return pending
+
+
+_SELECT = ("SELECT dataset, run_id, round, job_id, mechanism, noise_multiplier, sample_rate, "
+           "steps, status, created FROM charges")
+
+
+def _charge(row: tuple) -> Charge:
+    d, r, n, j, m, z, q, s, st, c = row
+    return Charge(d, r, int(n), j, Release(mechanism=m, noise_multiplier=z, sample_rate=q,
+                                           steps=int(s)), st, c)

@@ -210,7 +210,7 @@ class SecureSiteMixin:
         wire = masked.astype(dtype)
         self._maybe_drop("input", ref)
         self._charge(accepted, secure=True)
-        self._submit(ref, wire, metrics=None)
+        self._submit(ref, wire, None, accepted.offer.parameters.sha256)
         self.outcome.rounds_contributed += 0 if accepted.offer.evaluate_only else 1
         log_event(log, "input_sent", run=ref.run_id, round=ref.round, site=self.config.site_id,
                   phase="masked_input", bytes=int(wire.nbytes), masked=True,

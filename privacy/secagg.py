@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import aead, shamir
 from .key_agreement import (
@@ -42,6 +42,7 @@ from .key_agreement import (
     generate_key_pair,
     private_from_raw,
     private_to_raw,
+    public_from_private,
 )
 from .masks import accumulate_mask, reduce_mod, word_dtype
 from .neighbours import default_degree, neighbour_graph
@@ -122,8 +123,13 @@ def _self_mask_key(p: RoundParameters, site: str, seed: bytes) -> bytes:
 
 def _pair_mask_key(p: RoundParameters, private_raw: bytes, me: str, peer: str,
                    peer_public: bytes) -> bytes:
-    return derive_pair_key(private_from_raw(private_raw), peer_public, run_id=p.run_id,
-                           round_id=p.round_id, purpose="pair-mask", site_a=me, site_b=peer)
+    return _pair_mask_key_of(p, private_from_raw(private_raw), me, peer, peer_public)
+
+
+def _pair_mask_key_of(p: RoundParameters, private: X25519PrivateKey, me: str, peer: str,
+                      peer_public: bytes) -> bytes:
+    return derive_pair_key(private, peer_public, run_id=p.run_id, round_id=p.round_id,
+                           purpose="pair-mask", site_a=me, site_b=peer)
 
 
 @dataclass
@@ -272,39 +278,53 @@ def unmask_sum(params: RoundParameters, masked_sum: np.ndarray, survivors: Seque
     arrived, or a reconstructed mask key does not match its advertised public key.
     """
     p = params
-    total = masked_sum.astype(word_dtype(p.bits))  # the masked sum is already < 2^bits
-    for u in survivors:
-        seed = _reconstruct(p, u, SELF_MASK, revealed)
-        accumulate_mask(total, _self_mask_key(p, u, seed), p.bits, subtract=True)
-    dropped = set(dropouts)
-    for d in sorted(dropped):
-        secret = _reconstruct(p, d, MASK_KEY, revealed)
+    dropped = sorted(set(dropouts))
+    # every secret of the round in one batch: most share an x-set, whose coefficients the
+    # batch computes once (Shamir.combine per secret was the coordinator's hot spot)
+    secrets = shamir.combine_many(
+        [_share_points(p, u, SELF_MASK, revealed) for u in survivors]
+        + [_share_points(p, d, MASK_KEY, revealed) for d in dropped])
+    seeds, mask_secrets = secrets[:len(survivors)], secrets[len(survivors):]
+    mask_keys = []
+    for d, secret in zip(dropped, mask_secrets, strict=True):  # before any mask is expanded
         try:
-            public = _public_of(secret)
+            private = private_from_raw(secret)  # loaded once, used for every pair of d
         except KeyAgreementError as exc:
             raise SecAggError(f"reconstructed mask key of {d!r} is invalid: {exc}") from None
-        if public != mask_public_keys[d]:
+        if public_from_private(private) != mask_public_keys[d]:
             raise SecAggError(f"the reconstructed mask key of {d!r} does not match its "
                               "advertised public key (bad shares)")
+        mask_keys.append(private)
+    total = masked_sum.astype(word_dtype(p.bits))  # the masked sum is already < 2^bits
+    for u, seed in zip(survivors, seeds, strict=True):
+        accumulate_mask(total, _self_mask_key(p, u, seed), p.bits, subtract=True)
+    for d, private in zip(dropped, mask_keys, strict=True):
         for u in survivors:
             if d not in mask_peers.get(u, ()):
                 continue
-            key = _pair_mask_key(p, secret, d, u, mask_public_keys[u])
+            key = _pair_mask_key_of(p, private, d, u, mask_public_keys[u])
             # u added +pair when u < d, -pair otherwise: undo it
             accumulate_mask(total, key, p.bits, subtract=u < d)
     return reduce_mod(total, p.bits)
 
 
-def _public_of(private_raw: bytes) -> bytes:
-    return private_from_raw(private_raw).public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def _share_points(p: RoundParameters, owner: str, kind: str,
+                  revealed: Mapping[str, Mapping[str, Mapping[str, bytes]]]) -> dict[int, bytes]:
+    """The ``t`` revealed shares of ``owner``'s secret with the lowest x-coordinates.
 
-
-def _reconstruct(p: RoundParameters, owner: str, kind: str,
-                 revealed: Mapping[str, Mapping[str, Mapping[str, bytes]]]) -> bytes:
+    ``t`` points determine the degree ``t - 1`` polynomial (Bonawitz et al. 2017, SS.recon
+    takes any ``t``); more would only add work. Taking the lowest x gives every secret whose
+    first ``t`` holders all revealed the same x-set {1..t}, so the batch shares one basis.
+    """
     shares = revealed.get(owner, {}).get(kind, {})
     if len(shares) < p.threshold:
         raise SecAggError(f"{len(shares)} shares of {owner!r}'s {kind.replace('_', ' ')} arrived, "
                           f"the threshold is {p.threshold}")
-    points = {p.share_index(owner, holder): share for holder, share in shares.items()}
-    return shamir.combine_shares(points)
+    index = {holder: x for x, holder in enumerate(p.holders(owner), 1)}
+    points = []
+    for holder, share in shares.items():
+        if holder not in index:
+            raise SecAggError(f"{holder!r} holds no share of {owner!r}")
+        points.append((index[holder], share))
+    points.sort(key=lambda point: point[0])
+    return dict(points[:p.threshold])

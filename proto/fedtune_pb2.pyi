@@ -136,20 +136,22 @@ class TrainingSpec(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., eval_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., weighting: _Optional[str] = ..., max_examples: _Optional[int] = ...) -> None: ...
 
 class RecordLevelDP(_message.Message):
-    __slots__ = ("enabled", "noise_multiplier", "max_grad_norm", "target_epsilon", "delta", "sample_rate")
+    __slots__ = ("enabled", "noise_multiplier", "max_grad_norm", "target_epsilon", "delta", "sample_rate", "clipping")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    CLIPPING_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     noise_multiplier: float
     max_grad_norm: float
     target_epsilon: float
     delta: float
     sample_rate: float
-    def __init__(self, enabled: bool = ..., noise_multiplier: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., sample_rate: _Optional[float] = ...) -> None: ...
+    clipping: str
+    def __init__(self, enabled: bool = ..., noise_multiplier: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., sample_rate: _Optional[float] = ..., clipping: _Optional[str] = ...) -> None: ...
 
 class SiteLevelDP(_message.Message):
     __slots__ = ("mode", "clip_norm", "noise_multiplier", "target_epsilon", "delta", "max_sites")

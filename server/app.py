@@ -91,6 +91,8 @@ class RunningCoordinator:
         self.thread.join(timeout=10)
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if not self.thread.is_alive():  # the run loop may still be writing otherwise
+            self.coordinator.close()
         if self.lock >= 0:
             os.close(self.lock)  # releases the run directory's lock
             self.lock = -1
@@ -109,7 +111,11 @@ def start(config: FederationConfig, *, host: str | None = None, port: int | None
     if insecure and not is_loopback(host):  # also when TLS is configured but --insecure skips it
         raise InsecureNotAllowed(f"--insecure is allowed only on loopback, not on {host!r}")
     lock = lock_run_dir(run_dir or config.run_dir)
-    coordinator = Coordinator(config, run_dir=run_dir, behaviour=behaviour)
+    try:
+        coordinator = Coordinator(config, run_dir=run_dir, behaviour=behaviour)
+    except BaseException:  # e.g. a transcript that does not verify: free the run directory
+        os.close(lock)
+        raise
     # each site holds one long poll and at most one other call; beyond the pool, calls are
     # refused at once (RESOURCE_EXHAUSTED) instead of queueing behind long polls
     workers = max(16, 3 * len(config.sites) + 8)

@@ -9,10 +9,16 @@ complete or its deadline passes.
 
 Nothing a peer sends can corrupt the state: a message is fully validated before it touches
 the round, and only the run loop changes the global model and writes the checkpoint.
+
+Every event of the run goes on the signed transcript (:mod:`fedtune.server.transcript`)
+before it is acknowledged: the offer before it is visible, the survivor lists before they are
+sent, a release before the checkpoint that makes it durable and before any site hears of it.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import secrets
@@ -24,8 +30,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from google.protobuf.json_format import MessageToDict
 
 from fedtune import models
+from fedtune.audit import mechanisms, round_release, secure_aggregation_dict
 from fedtune.federation import FederationConfig
 from fedtune.identity import load_identity
 from fedtune.job import job_digest, job_to_proto
@@ -43,6 +51,7 @@ from fedtune.server.optimisers import ServerOptimizer
 from fedtune.server.privacy_budget import PrivacyBudget
 from fedtune.server.round_state import RoundState, SiteInput
 from fedtune.server.secure_phases import SecurePhasesMixin, SecureSum
+from fedtune.server.transcript import Transcript, TranscriptError, message_entry, run_key
 from fedtune.tensor_codec import spec_for, to_bytes
 
 log = logging.getLogger("fedtune.server")
@@ -113,7 +122,12 @@ class Coordinator(SecurePhasesMixin):
         self.optimiser = ServerOptimizer(self.job.server_optimizer, self.params.size)
         self.completed_rounds = 0
         self.next_round_id = 1
+        self._resumed = False
         self._resume()
+        #: digests of the site messages of the current round not yet on the transcript
+        self._messages: list[dict[str, object]] = []
+        self._round_release = round_release(self.job, self.params.size)
+        self.transcript = self._open_transcript()
 
     # ------------------------------------------------------------------ persistence
 
@@ -162,6 +176,7 @@ class Coordinator(SecurePhasesMixin):
         self.budget_stop = str(state.meta.get("budget_stop", ""))
         self.history, self.final_metrics = ckpt.history_of(state.meta)
         self.finished = self.final_metrics is not None
+        self._resumed = True
         log_event(log, "resumed", run=self.run_id, round=self.next_round_id,
                   completed_rounds=self.completed_rounds)
 
@@ -191,6 +206,101 @@ class Coordinator(SecurePhasesMixin):
         ckpt.atomic_write(self.run_dir / "round_counter.json",
                           json.dumps({"next_round_id": self.next_round_id}).encode())
         return round_id
+
+    # ------------------------------------------------------------------ transcript
+
+    def _open_transcript(self) -> Transcript:
+        """Open (or begin) the transcript; on a restart check it is this run's, recover any
+        charge it holds that the checkpoint lost, and record the restart."""
+        transcript = Transcript(self.run_dir, self._identity or run_key(self.run_dir),
+                                self.clock)
+        state = transcript.state
+        torn = state.torn.as_record() if state.torn else None
+        if not state.existed:
+            transcript.record(
+                "job_accepted", run=self.run_id, job_id=self.job.job_id,
+                job_digest=self.job_digest.hex(),
+                job_proto=self.job_proto.SerializeToString(deterministic=True).hex(),
+                job=MessageToDict(self.job_proto, preserving_proto_field_name=True),
+                dimension=int(self.params.size), params_sha256=self.params_spec.sha256.hex(),
+                sites={s.id: _b64(s.public_key) for s in self.config.sites},
+                public_key=transcript.public_key,
+                key_source="identity" if self._identity else "run-key", accountant="rdp",
+                secure_aggregation=secure_aggregation_dict(self.job),
+                mechanisms=mechanisms(self.job, self.params.size),
+                completed_rounds=self.completed_rounds, torn_tail=torn)
+            return transcript
+        if state.run_id != self.run_id or state.job_digest != self.job_digest.hex():
+            transcript.close()
+            raise TranscriptError(
+                f"{transcript.path}: the transcript belongs to run {state.run_id!r} (job "
+                f"{state.job_digest[:16]}…), not to this run and job; restore the run "
+                "directory or use a new one")
+        recovered = self._recover_charges(state.releases)
+        transcript.record(
+            "restart", run=self.run_id, job_digest=self.job_digest.hex(),
+            public_key=transcript.public_key, completed_rounds=self.completed_rounds,
+            next_round_id=self.next_round_id, params_sha256=self.params_spec.sha256.hex(),
+            accountant=self._accountant_state(), recovered_charges=recovered, torn_tail=torn)
+        return transcript
+
+    def _recover_charges(self, releases) -> list[int]:
+        """A crash after a release record and before its checkpoint: the coordinator may have
+        seen that aggregate, so its charge stands (the model update itself is lost)."""
+        known = {int(h["round"]) for h in self.budget.history}
+        lost = [p for p in releases if p.round_id not in known]
+        if not lost:
+            return []
+        self.budget.site_releases += sum(1 for p in lost if p.site_level)
+        self.budget.record_releases += sum(1 for p in lost if p.record_level)
+        for p in lost:
+            levels = p.accountant
+            self.budget.history.append({
+                "round": float(p.round_id),
+                "site_epsilon": float(levels.get("site_level", {}).get("epsilon", 0.0)),
+                "record_epsilon": float(levels.get("record_level", {}).get("epsilon", 0.0))})
+        rounds = [p.round_id for p in lost]
+        log_event(log, "charges_recovered", logging.WARNING, run=self.run_id, rounds=rounds,
+                  site_epsilon=round(self.budget.site_epsilon(), 4),
+                  record_epsilon=round(self.budget.record_epsilon(), 4))
+        return rounds
+
+    def _accountant_state(self) -> dict[str, dict[str, float]]:
+        """Charged rounds and ε per enabled level, as the transcript logs them.
+
+        The ε figures are those the budget computed when it last charged a round (its
+        history), so a record costs no second pass of the accountant over every round.
+        """
+        last = self.budget.history[-1] if self.budget.history else {}
+        state: dict[str, dict[str, float]] = {}
+        if self.budget.site_level:
+            state["site_level"] = {"releases": self.budget.site_releases,
+                                   "epsilon": float(last.get("site_epsilon", 0.0)),
+                                   "delta": self.job.site_dp.delta}
+        if self.job.record_dp.enabled:
+            state["record_level"] = {"releases": self.budget.record_releases,
+                                     "epsilon": float(last.get("record_epsilon", 0.0)),
+                                     "delta": self.job.record_dp.delta}
+        return state
+
+    def _note_message(self, site: str, kind: str, message, **extra) -> None:
+        """Remember an accepted site message for the transcript (call with the lock held)."""
+        data = message.SerializeToString(deterministic=True)
+        self._messages.append(message_entry(site, kind, hashlib.sha256(data).digest(),
+                                            len(data), **extra))
+
+    def _note_input(self, site: str, sha256: bytes, size: int, **extra) -> None:
+        self._messages.append(message_entry(site, "SubmitInput", sha256, size, **extra))
+
+    def _take_messages(self, *kinds: str) -> list[dict[str, object]]:
+        """The noted messages of these kinds (all when none given), now to be recorded."""
+        taken = [m for m in self._messages if not kinds or m["type"] in kinds]
+        self._messages = [m for m in self._messages if m not in taken]
+        return sorted(taken, key=lambda m: (str(m["site"]), str(m["type"])))
+
+    def close(self) -> None:
+        """Close the transcript (after the run loop has stopped)."""
+        self.transcript.close()
 
     # ------------------------------------------------------------------ authentication
 
@@ -338,6 +448,7 @@ class Coordinator(SecurePhasesMixin):
             r.check_ref(response.ref)
             reason = response.refusal_reason[:300]  # a short policy statement, never data
             r.respond_offer(site, response.accept, reason)
+            self._note_message(site, "RespondOffer", response)
             if not response.accept:
                 self._liveness[site].last_refusal = reason
                 log_event(log, "offer_refused", logging.WARNING, run=self.run_id,
@@ -370,6 +481,8 @@ class Coordinator(SecurePhasesMixin):
                      metrics: pb.PlainMetrics) -> None:
         _check_metrics(metrics, self.job.training.max_examples)
         as_float64 = vector.astype(np.float64)  # before taking the lock
+        digest = spec_for(vector).sha256
+        metrics_digest = hashlib.sha256(metrics.SerializeToString(deterministic=True)).hexdigest()
         with self._cond:
             r = self._current_round()
             r.check_ref(ref)
@@ -381,6 +494,7 @@ class Coordinator(SecurePhasesMixin):
             if not r.evaluate_only and metrics.weight <= 0:
                 raise invalid("metrics.weight must be positive in a training round")
             r.submit(site, SiteInput(as_float64, metrics))
+            self._note_input(site, digest, vector.nbytes, metrics_sha256=metrics_digest)
             log_event(log, "input_received", run=self.run_id, round=r.round_id, site=site,
                       phase="masked_input", bytes=int(vector.nbytes))
             self._cond.notify_all()
@@ -427,6 +541,9 @@ class Coordinator(SecurePhasesMixin):
             if not evaluate_only:
                 refusal = self.budget.refusal()
                 if refusal:
+                    self.transcript.record("budget_exhausted", reason=refusal,
+                                           completed_rounds=self.completed_rounds,
+                                           accountant=self._accountant_state())
                     self.budget_stop = refusal
                     evaluate_only = True
                     log_event(log, "budget_exhausted", logging.WARNING, run=self.run_id,
@@ -442,9 +559,14 @@ class Coordinator(SecurePhasesMixin):
             if aborts_in_a_row >= MAX_CONSECUTIVE_ABORTS:
                 self.failure = f"{aborts_in_a_row} rounds in a row released nothing"
                 log_event(log, "run_failed", logging.ERROR, run=self.run_id, reason=self.failure)
+                self.transcript.record("run_finished", completed_rounds=self.completed_rounds,
+                                       failed=True, reason=self.failure)
                 with self._cond:
                     self.finished = True
                     self._cond.notify_all()
+        if self._stop.is_set() and not self.finished:
+            self.transcript.record("coordinator_stopped", completed_rounds=self.completed_rounds,
+                                   next_round_id=self.next_round_id)
         with self._cond:
             self._cond.notify_all()
 
@@ -480,31 +602,43 @@ class Coordinator(SecurePhasesMixin):
         self._round_seed = secrets.token_bytes(32)
         d = self.job.deadlines
         secure = self.job.secure_aggregation.enabled
+        training_round = self.completed_rounds + (0 if evaluate_only else 1)
+        # on the record before any site can see the offer
+        self.transcript.record(
+            "round_started", round=round_id, training_round=training_round,
+            evaluate_only=evaluate_only, secure=secure, participants=sorted(participants),
+            params_sha256=self.params_spec.sha256.hex(), round_seed=self._round_seed.hex())
         with self._cond:
             r = RoundState(self.run_id, round_id, evaluate_only, participants,
                            deadline=self.clock() + d.offer, secure=secure)
+            self._messages = []
             self._round = r
             log_event(log, "round_started", run=self.run_id, round=round_id, phase="offer",
                       participants=sorted(participants), evaluate_only=evaluate_only,
                       params_sha256=self.params_spec.sha256.hex(), secure=secure,
-                      training_round=self.completed_rounds + (0 if evaluate_only else 1))
+                      training_round=training_round)
             self._cond.notify_all()
             self._wait_until(r.offer_complete, r.deadline)
             if self._stop.is_set():
-                return False
+                return self._interrupted(r)
+            self.transcript.record(
+                "offer_responses", round=round_id, accepted=sorted(r.accepted),
+                refused=dict(sorted(r.refused.items())),
+                silent=sorted(participants - r.accepted - set(r.refused)),
+                messages=self._take_messages("RespondOffer"))
             if len(r.accepted) < self.job.min_sites:
                 return self._abort(r, f"{len(r.accepted)} of {len(participants)} sites accepted "
                                       f"(minimum {self.job.min_sites})")
             if secure:
                 outcome = self._run_secure_phases(r)
                 if self._stop.is_set():
-                    return False
+                    return self._interrupted(r)
                 if isinstance(outcome, str):
                     return self._abort(r, outcome)
             else:
                 outcome = self._run_plain_input_phase(r)
                 if self._stop.is_set():
-                    return False
+                    return self._interrupted(r)
                 if isinstance(outcome, str):
                     return self._abort(r, outcome)
         # Aggregate and checkpoint outside the lock: status and polls keep being answered.
@@ -534,10 +668,16 @@ class Coordinator(SecurePhasesMixin):
             self._set_params(self.optimiser.step(self.params, update_sum / metric_sums.weight))
             self.completed_rounds += 1
             self.budget.charge_round(round_id)
-        # the checkpoint is on disk before anyone is told the round completed
+        # the release is on the transcript before the checkpoint makes it durable and before
+        # anyone is told the round completed: a crash cannot leave an unrecorded release
+        self._record_release(r, training_round, contributors, dropouts, update_sum,
+                             metric_sums, metrics)
         self._checkpoint(self.history + [summary])
         ckpt.atomic_write(self.run_dir / "privacy.json",
                           json.dumps(self.budget.report(), indent=2).encode())
+        if evaluate_only:
+            self.transcript.record("run_finished", completed_rounds=self.completed_rounds,
+                                   failed=False, reason=self.budget_stop)
         with self._cond:
             self.history.append(summary)
             if evaluate_only:
@@ -554,6 +694,34 @@ class Coordinator(SecurePhasesMixin):
                   train_loss=round(metrics.train_loss, 4))
         return True
 
+    def _record_release(self, r: RoundState, training_round: int, contributors: list[str],
+                        dropouts: list[str], update_sum: np.ndarray,
+                        metric_sums: pb.PlainMetrics, metrics: pb.AggregateMetrics) -> None:
+        aggregate = hashlib.sha256(to_bytes(np.asarray(update_sum, dtype="<f8")))
+        aggregate.update(metric_sums.SerializeToString(deterministic=True))
+        charged = not r.evaluate_only
+        with self._cond:
+            leftover = self._take_messages()
+        self.transcript.record(
+            "round_released", round=r.round_id, training_round=training_round,
+            evaluate_only=r.evaluate_only, contributors=sorted(contributors),
+            dropouts=sorted(dropouts), aggregate_sha256=aggregate.hexdigest(),
+            metrics=MessageToDict(metrics, preserving_proto_field_name=True,
+                                  always_print_fields_with_no_presence=True),
+            params_sha256=self.params_spec.sha256.hex(), completed_rounds=self.completed_rounds,
+            charged=charged and any(v is not None for v in self._round_release.values()),
+            site_level=self._round_release["site_level"] if charged else None,
+            record_level=self._round_release["record_level"] if charged else None,
+            accountant=self._accountant_state(), messages=leftover)
+
+    def _interrupted(self, r: RoundState) -> bool:
+        """The coordinator is stopping mid-round: record what the round had received."""
+        with self._cond:
+            leftover = self._take_messages()
+        self.transcript.record("round_interrupted", round=r.round_id, phase=r.phase_name,
+                               messages=leftover)
+        return False
+
     def _run_plain_input_phase(self, r: RoundState):
         """Plain mode: collect the inputs; (Σ w·Δ, metric sums, contributors, dropouts)."""
         r.start_input(self.clock() + self.job.deadlines.input)
@@ -561,10 +729,14 @@ class Coordinator(SecurePhasesMixin):
                   accepted=sorted(r.accepted))
         self._cond.notify_all()
         self._wait_until(r.inputs_complete, r.deadline)
+        if self._stop.is_set():
+            return "the coordinator is stopping"
         dropouts = r.dropouts()
         for site in dropouts:
             log_event(log, "site_dropped", logging.WARNING, run=self.run_id, round=r.round_id,
                       site=site, phase="masked_input")
+        self.transcript.record("inputs_received", round=r.round_id, delivered=sorted(r.inputs),
+                               dropouts=dropouts, messages=self._take_messages("SubmitInput"))
         if len(r.inputs) < self.job.min_sites:
             return f"{len(r.inputs)} sites delivered input (minimum {self.job.min_sites})"
         r.phase = pb.PHASE_AGGREGATE  # from here on no request can change the round
@@ -580,6 +752,8 @@ class Coordinator(SecurePhasesMixin):
         return False
 
     def _abort_locked(self, r: RoundState, reason: str) -> None:
+        self.transcript.record("round_aborted", round=r.round_id, phase=r.phase_name,
+                               reason=reason, messages=self._take_messages())
         self.history.append(pb.RoundSummary(round=r.round_id, aborted=True, abort_reason=reason,
                                             evaluate_only=r.evaluate_only))
         log_event(log, "round_aborted", logging.WARNING, run=self.run_id, round=r.round_id,
@@ -592,6 +766,10 @@ class Coordinator(SecurePhasesMixin):
             self._pending_results[site] = result
         self._round = None
         self._cond.notify_all()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
 def _aggregate_metrics(m: pb.PlainMetrics) -> pb.AggregateMetrics:

@@ -9,6 +9,10 @@ Sets of sites, as in Bonawitz et al. 2017: ``accepted`` → ``U2`` (advertised k
 ``U3`` (shared keys) → ``U4`` (delivered a masked input: the survivors; ``U3 − U4`` are the
 dropouts) → ``U5`` (confirmed the lists) → the sites that revealed shares. Each step needs
 at least ``t`` sites, or the round aborts and releases nothing.
+
+At the end of each phase the coordinator's transcript records who took part and the SHA-256
+of every message it accepted (:mod:`fedtune.server.transcript`), before the next phase's
+tasks become visible; the survivor lists go on the record before any site is shown them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from fedtune.privacy_plan import distributed_params, input_encoding, rotation_se
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.server.errors import invalid, precondition, unauthenticated
 from fedtune.server.round_state import RoundState
+from fedtune.tensor_codec import spec_for
 
 if TYPE_CHECKING:
     from fedtune.server.coordinator import Coordinator
@@ -123,6 +128,7 @@ class SecurePhasesMixin:
             r = self._current_round()
             r.check_ref(ad.ref)
             r.advertise(site, signed)
+            self._note_message(site, "AdvertiseKeys", signed)
             log_event(log, "keys_advertised", run=self.run_id, round=r.round_id, site=site,
                       phase="advertise_keys")
             self._cond.notify_all()
@@ -142,6 +148,7 @@ class SecurePhasesMixin:
             r = self._secure_round()
             r.check_ref(message.ref)
             r.share(site, shares)
+            self._note_message(site, "ShareKeys", message)
             log_event(log, "keys_shared", run=self.run_id, round=r.round_id, site=site,
                       phase="share_keys", shares=len(shares))
             self._cond.notify_all()
@@ -153,10 +160,12 @@ class SecurePhasesMixin:
         if bits < 8 * vector.dtype.itemsize and np.any(as_ring >> np.uint64(bits)):
             raise invalid(f"masked input has values outside Z_(2^{bits})")
         self.behaviour.observe(site, "masked_input", as_ring)
+        digest = spec_for(vector).sha256  # what the site's header and egress log carry
         with self._cond:
             r = self._current_round()
             r.check_ref(ref)
             r.submit_masked(site, as_ring)
+            self._note_input(site, digest, vector.nbytes)
             log_event(log, "input_received", run=self.run_id, round=r.round_id, site=site,
                       phase="masked_input", bytes=int(vector.nbytes), masked=True)
             self._cond.notify_all()
@@ -176,6 +185,7 @@ class SecurePhasesMixin:
             except SignatureError as exc:
                 raise unauthenticated(f"confirmation of {site!r}: {exc}") from None
             r.confirm(site, message)
+            self._note_message(site, "ConfirmSurvivors", message)
             log_event(log, "survivors_confirmed", run=self.run_id, round=r.round_id, site=site,
                       phase="consistency_check")
             self._cond.notify_all()
@@ -189,6 +199,7 @@ class SecurePhasesMixin:
             if lists is None:
                 raise precondition(f"site {site!r} is not a survivor of round {r.round_id}")
             r.unmask(site, list(message.shares), set(lists.survivors), set(lists.dropouts))
+            self._note_message(site, "Unmask", message)
             log_event(log, "shares_revealed", run=self.run_id, round=r.round_id, site=site,
                       phase="unmask", shares=len(message.shares))
             self._cond.notify_all()
@@ -204,6 +215,8 @@ class SecurePhasesMixin:
         r.start_advertise(self.clock() + d.keys)
         self._cond.notify_all()
         self._wait_until(r.advertising_complete, r.deadline)
+        if self._stop.is_set():
+            return "the coordinator is stopping"
         advertised = sorted(r.advertisements)
         if len(advertised) < self.job.min_sites:
             return f"{len(advertised)} sites advertised keys (minimum {self.job.min_sites})"
@@ -216,12 +229,21 @@ class SecurePhasesMixin:
         except SecAggError as exc:
             return f"secure aggregation parameters: {exc}"
         self.behaviour.observe("", "round_parameters", params)
+        self.transcript.record(
+            "keys_advertised", round=r.round_id, sites=list(params.sites),
+            threshold=params.threshold, bits=params.bits,
+            graph={s: list(n) for s, n in sorted(params.graph.items())},
+            messages=self._take_messages("AdvertiseKeys"))
         r.start_share(params, self.clock() + d.keys)
         log_event(log, "phase_started", run=self.run_id, round=r.round_id, phase="share_keys",
                   sites=advertised, threshold=params.threshold)
         self._cond.notify_all()
         self._wait_until(r.sharing_complete, r.deadline)
+        if self._stop.is_set():
+            return "the coordinator is stopping"
         sharers = sorted(r.shares)
+        self.transcript.record("keys_shared", round=r.round_id, sites=sharers,
+                               messages=self._take_messages("ShareKeys"))
         if len(sharers) < params.threshold:
             return f"{len(sharers)} sites shared keys (threshold {params.threshold})"
         for site in sharers:
@@ -231,11 +253,15 @@ class SecurePhasesMixin:
                   sites=sharers)
         self._cond.notify_all()
         self._wait_until(r.inputs_complete, r.deadline)
+        if self._stop.is_set():
+            return "the coordinator is stopping"
         survivors = sorted(r.masked)
         dropouts = sorted(set(sharers) - set(survivors))
         for site in dropouts:
             log_event(log, "site_dropped", logging.WARNING, run=self.run_id, round=r.round_id,
                       site=site, phase="masked_input")
+        self.transcript.record("inputs_received", round=r.round_id, delivered=survivors,
+                               dropouts=dropouts, messages=self._take_messages("SubmitInput"))
         if len(survivors) < max(params.threshold, self.job.min_sites):
             return (f"{len(survivors)} sites delivered masked input (threshold "
                     f"{params.threshold}, minimum {self.job.min_sites})")
@@ -246,19 +272,38 @@ class SecurePhasesMixin:
                                                                  list(s), list(dr)))
             lists[site] = pb.SignedSurvivors(ref=r.ref, survivors=sorted(s), dropouts=sorted(dr),
                                              signature=signature)
+        # on the record before any site is shown a list (one entry per distinct list sent)
+        distinct: dict[tuple[tuple[str, ...], tuple[str, ...], bytes], list[str]] = {}
+        for site, sent in sorted(lists.items()):
+            key = (tuple(sent.survivors), tuple(sent.dropouts), sent.signature)
+            distinct.setdefault(key, []).append(site)
+        self.transcript.record(
+            "survivors_announced", round=r.round_id, survivors=survivors, dropouts=dropouts,
+            threshold=params.threshold,
+            signed_lists=[{"survivors": list(s), "dropouts": list(dr), "signature": sig.hex(),
+                           "sent_to": to} for (s, dr, sig), to in distinct.items()])
         r.start_consistency(lists, self.clock() + d.unmask)
         log_event(log, "phase_started", run=self.run_id, round=r.round_id,
                   phase="consistency_check", survivors=survivors, dropouts=dropouts)
         self._cond.notify_all()
         self._wait_until(r.consistency_complete, r.deadline)
+        if self._stop.is_set():
+            return "the coordinator is stopping"
+        self.transcript.record("survivors_confirmed", round=r.round_id,
+                               sites=sorted(r.confirmations),
+                               messages=self._take_messages("ConfirmSurvivors"))
         if len(r.confirmations) < params.threshold:
             return (f"{len(r.confirmations)} sites confirmed the survivor list "
                     f"(threshold {params.threshold})")
         r.start_unmask(self.clock() + d.unmask)
         self._cond.notify_all()
         self._wait_until(r.unmask_complete, r.deadline)
+        if self._stop.is_set():
+            return "the coordinator is stopping"
         # nothing a site sends can change the round from here on
         r.phase = pb.PHASE_AGGREGATE
+        self.transcript.record("unmask_responses", round=r.round_id, sites=sorted(r.unmasked),
+                               messages=self._take_messages("Unmask"))
         dp = (distributed_params(self.job, self.params.size), rotation_seed(self._round_seed),
               self.params.size) if self._distributed(r) else None
         return SecureSum(params, [r.masked[s] for s in survivors], survivors, dropouts,

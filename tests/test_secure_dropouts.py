@@ -21,7 +21,9 @@ DIGITS = {"id": "image-cnn", "num_classes": 10, "image_shape": [1, 8, 8]}
 def test_a_site_dropping_at_each_phase_and_a_round_below_threshold(fed_factory, processes):
     job = lf.default_job(DIGITS, rounds=10, min_sites=2, secure=True)
     job["training"]["local_epochs"] = 1
-    job["deadlines"] = {"gather": 1.0, "offer": 4.0, "keys": 4.0, "input": 20.0, "unmask": 4.0}
+    # gather: on a loaded two-core machine five site processes take seconds to start; round 1
+    # must wait for all five (it was 1 s, and round 1 once started with two sites)
+    job["deadlines"] = {"gather": 6.0, "offer": 4.0, "keys": 4.0, "input": 20.0, "unmask": 4.0}
     fed = fed_factory(n_sites=5, job=job)
     log = fed.run_dir / "coordinator.log"
     drops = {"site-5": "unmask:1", "site-4": "input:2", "site-3": "share:3",
