@@ -32,10 +32,11 @@ Part 1, per registry model (``minilm-lora``; ``smollm2-lora`` when it is in the 
     * **Trainable parameters**: the length of the federated vector.
     * **Bytes per round per site**: what one site uploads in one round under secure
       aggregation: the masked input vector, ``(m + 6)`` ring elements of 4 bytes (``m``
-      parameters and six securely aggregated metric fields, :mod:`fedtune.privacy.input_encoding`),
-      i.e. about 4.0003 B per parameter for MiniLM; for ``minilm-lora`` also the figure
-      measured in Part 2's federation (the ``SubmitInput`` size in every site's egress log,
-      and everything the site sent in a round). The download is the float32 parameter vector
+      parameters and six securely aggregated metric fields,
+      :mod:`fedtune.privacy.input_encoding`), i.e. about 4.0003 B per parameter for MiniLM;
+      for ``minilm-lora`` also the figure measured in Part 2's federation (the
+      ``SubmitInput`` size in every site's egress log, and everything the site sent in a
+      round). The download is the float32 parameter vector
       (4 B per parameter).
 
 Part 2, ``minilm-lora`` on Rotten Tomatoes (``--sites`` sites split by movie)
@@ -53,7 +54,7 @@ Part 2, ``minilm-lora`` on Rotten Tomatoes (``--sites`` sites split by movie)
       default). The accuracy is the coordinator's final evaluation round (every site scores
       the final global model on its held-out split; the sums are aggregated securely). The DP
       run is record-level DP-SGD at every site, its noise multiplier calibrated for the whole
-      job — ``rounds × local_epochs × ⌈1/q⌉`` steps at Poisson rate ``q`` — with
+      job — ``rounds × dp_local_epochs × ⌈1/q⌉`` steps at Poisson rate ``q`` — with
       :func:`fedtune.privacy.calibration.noise_multiplier_for` (RDP); the job carries
       ``target_epsilon = ε`` and every site's policy allows exactly ε, so the coordinator and
       the sites' ledgers both enforce it. The ε reported is the coordinator's
@@ -61,8 +62,9 @@ Part 2, ``minilm-lora`` on Rotten Tomatoes (``--sites`` sites split by movie)
     * **centralised LoRA**: :func:`fedtune.client.trainer.train` on the pooled training
       splits with the federation's recipe (same optimiser, learning rate, batch and seed) for
       ``rounds × local_epochs`` epochs: as many passes over the data as the federation made.
-    * **frozen encoder + logistic regression**: :func:`fedtune.frozen_baseline.frozen_encoder_accuracy`
-      on the pooled training splits (mean-pooled MiniLM sentence embeddings, no fine-tuning).
+    * **frozen encoder + logistic regression**:
+      :func:`fedtune.frozen_baseline.frozen_encoder_accuracy` on the pooled training splits
+      (mean-pooled MiniLM sentence embeddings, no fine-tuning).
 
     Targets (issue 5): federated non-private LoRA ≥ 78 %, DP (ε = 8) ≥ 74 %.
 
@@ -104,7 +106,7 @@ VARIANTS = ("federated", "federated_dp", "centralised", "frozen")
 NOISE_MULTIPLIER = 1.0
 MAX_GRAD_NORM = 1.0
 STEP_LR = 1e-3
-#: the issue's targets: (variant, accuracy)
+#: the issue's targets: variant → the accuracy it must reach
 TARGETS = {"federated": 0.78, "federated_dp": 0.74}
 #: metric fields masked together with the update (fedtune.privacy.input_encoding)
 METRIC_FIELDS = 6
@@ -147,7 +149,8 @@ def _spec(shape: StepShape):  # -> fedtune.job.ModelConfig
     return ModelConfig(id=shape.model_id, input_dim=shape.tokens)
 
 
-def step_batches(shape: StepShape, count: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def step_batches(shape: StepShape, count: int,
+                 seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` fixed batches of ``shape.batch`` real samples, tokenised as a site does.
 
     MiniLM: Rotten Tomatoes reviews, padded or cut to ``tokens`` ids, label = fresh/rotten.
@@ -180,9 +183,10 @@ def clipping_source() -> dict[str, str]:
 
     modes = getattr(trainer, "CLIPPING_MODES", None)
     if isinstance(modes, dict) and "ghost" in modes:
-        return {"hooks": modes.get("flat", "hooks"), "ghost": modes["ghost"],
+        hooks, ghost = modes.get("flat", "hooks"), modes["ghost"]
+        return {"hooks": hooks, "ghost": ghost,
                 "source": "fedtune.client.trainer.CLIPPING_MODES (train_dp_sgd's clipping "
-                          "option): flat → hooks, ghost → ghost"}
+                          f"option): flat → {hooks}, ghost → {ghost}"}
     return {"hooks": "hooks", "ghost": "ghost",
             "source": "Opacus directly (the trainer has no ghost-clipping option yet)"}
 
@@ -224,7 +228,8 @@ def make_stepper(mode: str, model: nn.Module, batches: list[tuple[torch.Tensor, 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
                                          batch_size=len(batches[0][1]))
     source = clipping_source()
-    criterion_in = trainer.ExampleLoss() if hasattr(trainer, "ExampleLoss") else nn.CrossEntropyLoss()
+    criterion_in = (trainer.ExampleLoss() if hasattr(trainer, "ExampleLoss")
+                    else nn.CrossEntropyLoss())
     made = PrivacyEngine(accountant="rdp").make_private(
         module=model, optimizer=optimiser, data_loader=loader,
         noise_multiplier=noise_multiplier, max_grad_norm=MAX_GRAD_NORM,
@@ -529,13 +534,7 @@ def run_federation(root: Path, s: Settings, private: bool, timeout_s: float) -> 
     except Exception as exc:  # noqa: BLE001  (reported in the cell, the others still run)
         failure = f"{type(exc).__name__}: {exc}"
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        lf.stop_processes(procs)
     wall = time.monotonic() - started
     history, final = read_history(fed.run_dir)
     training = [h for h in history if not h.evaluate_only and not h.aborted]
@@ -557,6 +556,9 @@ def run_federation(root: Path, s: Settings, private: bool, timeout_s: float) -> 
         # the accuracy of the global model each training round started from (round 1: the
         # pretrained encoder with a fresh head)
         "accuracy_by_round": [round(float(h.metrics.eval_accuracy), 4) for h in training],
+        # the held-out loss of that model, and the training loss of the round's local training
+        "eval_loss_by_round": [round(float(h.metrics.eval_loss), 4) for h in training],
+        "train_loss_by_round": [round(float(h.metrics.train_loss), 4) for h in training],
         "completed_rounds": len(training),
         "aborted_rounds": sum(1 for h in history if h.aborted),
         "round_s": round_s,

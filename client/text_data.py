@@ -69,6 +69,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -227,13 +228,12 @@ def _read_csv(path: Path, name: str, num_classes: int) -> tuple[list[str], np.nd
     return texts, np.array([v for v, _ in labels], dtype=np.int64)
 
 
-def _read_jsonl(path: Path, name: str, num_classes: int) -> tuple[list[str], np.ndarray]:
+def _jsonl_records(path: Path, name: str) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file (numbers from 1)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise DataError(f"{name}: is not UTF-8 text") from None
-    texts: list[str] = []
-    labels: list[int] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -243,6 +243,13 @@ def _read_jsonl(path: Path, name: str, num_classes: int) -> tuple[list[str], np.
             raise DataError(f"{name}: line {number} is not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise DataError(f"{name}: line {number} is not a JSON object")
+        yield number, record
+
+
+def _read_jsonl(path: Path, name: str, num_classes: int) -> tuple[list[str], np.ndarray]:
+    texts: list[str] = []
+    labels: list[int] = []
+    for number, record in _jsonl_records(path, name):
         for key in (TEXT_COLUMN, LABEL_COLUMN):
             if key not in record:
                 raise DataError(f"{name}: line {number}: {key!r} is missing")
@@ -287,20 +294,8 @@ def _read_pairs_csv(path: Path, name: str) -> list[tuple[str, str, str]]:
 
 
 def _read_pairs_jsonl(path: Path, name: str) -> list[tuple[str, str, str]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise DataError(f"{name}: is not UTF-8 text") from None
     pairs = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{name}: line {number} is not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{name}: line {number} is not a JSON object")
+    for number, record in _jsonl_records(path, name):
         for key in (PROMPT_COLUMN, RESPONSE_COLUMN):
             if key not in record:
                 raise DataError(f"{name}: line {number}: {key!r} is missing")

@@ -263,8 +263,6 @@ def train_dp_sgd(model: nn.Module, data: SiteData, config: TrainingConfig,
         for x_logical, y_logical in private_loader:
             if len(y_logical) == 0:  # Poisson sampling can draw an empty batch
                 _noise_only_step(private_optimiser)
-                with open("/tmp/nan_debug.txt", "a") as _f:
-                    _f.write(f"{__import__('threading').current_thread().name} EMPTY\n")
                 continue
             for xb, yb, last in _physical_batches(x_logical, y_logical, config.batch_size):
                 # not the last chunk: clip and sum only; the last one adds noise and steps
@@ -276,25 +274,7 @@ def train_dp_sgd(model: nn.Module, data: SiteData, config: TrainingConfig,
                     # correctly
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     loss.backward()
-                _gs = [float(p_.grad.norm()) if p_.grad is not None else None for p_ in private_optimiser.params[:4]]
                 private_optimiser.step()
-                _bad = [n for n, p_ in model.named_parameters() if p_.requires_grad and not torch.isfinite(p_).all()]
-                _extra = ""
-                if _bad:
-                    from fedtune import pretrained as _pt
-                    _fb = _pt.frozen_base("smollm2-lora")
-                    _extra = str([(n, float(t.float().abs().sum()), bool(torch.isfinite(t).all())) for n, t in list(_fb.named_parameters())[:3] + list(_fb.named_parameters())[-2:]])
-                    _mine = {id(q) for q in model.parameters()}
-                    _extra += f" shared={sum(id(q) in _mine for q in _fb.parameters())}/{len(list(_fb.parameters()))}"
-                    _extra += f" nonfinite_base={[n for n, t in _fb.named_parameters() if not torch.isfinite(t).all()][:3]}"
-                    _extra += f" zero_base={[n for n, t in _fb.named_parameters() if float(t.abs().sum()) == 0][:3]}"
-                    _extra += f" xb={xb[0].tolist()}"
-                    with torch.no_grad():
-                        _lg = model(xb[:1])
-                    _extra += f" logits_std={float(_lg.std())} finite={bool(torch.isfinite(_lg).all())}"
-                with open("/tmp/nan_debug.txt", "a") as _f:
-                    _f.write(_extra + "\n")
-                    _f.write(f"{__import__('threading').current_thread().name} B={len(y_logical)} b={len(yb)} last={last} w={xb.shape} loss={loss.item()} grads={_gs} bad={len(_bad)} {_bad[:2]}\n")
                 loss_sum += float(loss.item()) * len(yb)
                 seen += len(yb)
     if hasattr(private_model, "remove_hooks"):

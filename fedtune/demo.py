@@ -31,8 +31,12 @@ TEXT_ROUNDS = 3
 
 def text_job(rounds: int, n_sites: int) -> dict:
     """MiniLM + LoRA on review sentiment: the job ``fedtune demo --task text`` runs."""
-    job = lf.default_job({"id": "minilm-lora", "num_classes": 2, "input_dim": 48},
-                         rounds=rounds, min_sites=n_sites)
+    from fedtune.pretrained import base_sha256
+
+    # the job names the base's weights, so every site checks it has the same base
+    model = {"id": "minilm-lora", "num_classes": 2, "input_dim": 48,
+             "base_sha256": base_sha256("minilm-lora")}
+    job = lf.default_job(model, rounds=rounds, min_sites=n_sites)
     job["job_id"] = "demo-text"
     job["training"] = {"local_epochs": 1, "batch_size": 16, "learning_rate": 0.002,
                        "optimizer": "adam", "eval_fraction": 0.2, "seed": 0}
@@ -64,13 +68,7 @@ def run_demo(parent: Path, *, rounds: int = 5, n_sites: int = 3, dataset: str = 
         for p in procs:
             p.wait(timeout=60)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        lf.stop_processes(procs)
     history, final_metrics = read_history(fed.run_dir)
     if final_metrics is None:
         print(f"fedtune demo: the run did not finish; see {root}/*.out and "

@@ -170,15 +170,7 @@ def run_processes(scenario: Scenario, fed: lf.LocalFederation, *, progress: bool
             except subprocess.TimeoutExpired:
                 pass
     finally:
-        for p in procs.all():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.all():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        lf.stop_processes(procs.all())
     return RunRecord(
         ended=procs.coordinator.returncode == 0 and not timed_out, timed_out=timed_out,
         restarts=restarts, coordinator_exit=procs.coordinator.returncode,

@@ -91,7 +91,8 @@ def test_unknown_data_set_is_refused():
 
 
 def test_data_set_names_are_listed():
-    assert DATASETS == ("lung", "breast-cancer", "digits", "mnist5k", "rotten-tomatoes")
+    assert DATASETS == ("lung", "breast-cancer", "digits", "mnist5k", "rotten-tomatoes",
+                        "instructions")
 
 
 # -- partitioners ------------------------------------------------------------------------------

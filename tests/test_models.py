@@ -25,8 +25,8 @@ DIGITS_CNN = ModelConfig(id="image-cnn", num_classes=10, image_shape=(1, 8, 8))
 MNIST_CNN = ModelConfig(id="image-cnn", num_classes=10, image_shape=(1, 28, 28))
 
 
-def test_registry_lists_both_models():
-    assert MODEL_IDS == ("tabular-mlp", "image-cnn", "minilm-lora")
+def test_registry_lists_every_model():
+    assert MODEL_IDS == ("tabular-mlp", "image-cnn", "minilm-lora", "smollm2-lora")
 
 
 def test_mlp_has_the_documented_layers():
