@@ -558,7 +558,7 @@ class SiteAgent(SecureSiteMixin):
         if job.record_dp.enabled:
             r = job.record_dp
             result = trainer.train_dp_sgd(model, train_data, job.training, r.noise_multiplier,
-                                          r.max_grad_norm, r.sample_rate)
+                                          r.max_grad_norm, r.sample_rate, clipping=r.clipping)
         else:
             seed = int.from_bytes(hashlib.sha256(
                 f"{job.training.seed}/{round_id}/{self.config.site_id}".encode()).digest()[:8],

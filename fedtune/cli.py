@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     ds = dsub.add_parser("split", help="split a bundled data set into per-site files")
     ds.add_argument("--dataset", required=True,
-                    choices=("lung", "breast-cancer", "digits", "mnist5k", "rotten-tomatoes"))
+                    choices=("lung", "breast-cancer", "digits", "mnist5k", "rotten-tomatoes",
+                             "instructions"))
     ds.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
     ds.add_argument("--partition", default="iid", choices=("iid", "dirichlet", "institution"),
                     help="iid, dirichlet (label skew) or institution (lung: by its inst column)")

@@ -488,6 +488,12 @@ def _load_gguf_base(path: str, size: int, mtime_ns: int) -> nn.Module:
             # gradients through them (packed GGUF layers support neither)
             quantization_config=GgufConfig(gguf_file=file.name, dequantize=True),
         )
+    # SmolLM2 ties the output head to the token embeddings and its GGUF file has no separate
+    # output tensor: left untied, lm_head keeps uninitialised memory (seen: garbage or zero
+    # logits, now and then, and 28 M extra "frozen" values), so tie it explicitly
+    head, embed = net.get_output_embeddings(), net.get_input_embeddings()
+    if getattr(net.config, "tie_word_embeddings", False) and head.weight is not embed.weight:
+        head.weight = embed.weight
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval()
