@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedtune.client.agent import DROP_PHASES  # the phases of ``fedtune site --drop-at``
 from fedtune.datasets import DATASETS
 from fedtune.job import JobConfig, parse_job
 from fedtune.policy import parse_policy
 from fedtune.toml_fields import ConfigError, Fields, load_toml
 
-#: the phases at which a site can be made to vanish (``fedtune site --drop-at``)
-DROP_PHASES = ("advertise", "share", "input", "consistency", "unmask")
 ADVERSARIES = ("both_lists", "substitute_key", "inconsistent_lists", "replay_advertisements")
 MIA_METHODS = ("loss_threshold", "shadow")
 PARTITIONS = ("iid", "dirichlet", "institution")

@@ -104,12 +104,12 @@ def test_federated_vector_holds_exactly_the_lora_adapters(model):
                for n in names), names
 
 
-def test_the_base_is_frozen_and_every_model_has_its_own_copy(model):
+def test_the_base_is_frozen_and_shared_by_every_model_built(model):
     frozen = [p for p in model.parameters() if not p.requires_grad]
     assert sum(p.numel() for p in frozen) == 134_515_008  # tied embeddings counted once
     other = build_model(SMOLLM2, seed=1)
     base_tensors = {p.data_ptr() for p in model.parameters() if not p.requires_grad}
-    assert not base_tensors & {p.data_ptr() for p in other.parameters() if not p.requires_grad}
+    assert base_tensors == {p.data_ptr() for p in other.parameters() if not p.requires_grad}
     adapters = {p.data_ptr() for p in model.parameters() if p.requires_grad}
     assert not adapters & {p.data_ptr() for p in other.parameters() if p.requires_grad}
 
