@@ -15,15 +15,15 @@ CSV (``.csv``, or gzip-compressed ``.csv.gz``)
       checked; the federation agrees on the order of the features, and every site writes its
       columns in that order.
     * ``tabular-mlp``: exactly ``input_dim`` feature columns.
-    * ``image-cnn`` with ``image_shape = (C, H, W)``: exactly ``C*H*W`` pixel columns,
-      reshaped in row-major (C) order: pixel column ``k`` (counting from 0, ``label``
+    * ``image-cnn`` or ``image-linear`` with ``image_shape = (C, H, W)``: exactly ``C*H*W``
+      pixel columns, reshaped in row-major (C) order: pixel column ``k`` (counting from 0, ``label``
       excluded) is channel ``k // (H*W)``, image row ``(k // W) % H``, image column ``k % W``.
     * Every value is a finite number (decimal or scientific notation). Empty cells, ``NA``,
       ``NaN`` and ``inf`` are refused; impute or drop them before handing the file over.
     * Blank lines are skipped. Messages count data rows from 1, the header excluded.
 
 NPZ (``.npz``, as written by :func:`numpy.savez` or :func:`numpy.savez_compressed`)
-    * Array ``x``: ``tabular-mlp``: shape ``(N, input_dim)``; ``image-cnn``: shape
+    * Array ``x``: ``tabular-mlp``: shape ``(N, input_dim)``; image models: shape
       ``(N, C, H, W)`` equal to ``image_shape``, or ``(N, H, W)`` when ``C == 1``. Any integer
       or floating dtype; values must be finite; they are converted to float32.
     * Array ``y``: shape ``(N,)``, integer classes ``0 .. num_classes-1`` (an integer dtype,
@@ -77,7 +77,7 @@ class SiteData:
     Attributes
     ----------
     features:
-        float32, shape ``(N, D)`` for ``tabular-mlp`` or ``(N, C, H, W)`` for ``image-cnn``;
+        float32, shape ``(N, D)`` for ``tabular-mlp`` or ``(N, C, H, W)`` for the image models;
         int64 token ids ``(N, L)`` for the pretrained models.
     labels:
         int64, shape ``(N,)``, classes ``0 .. num_classes-1``; for a causal language model,

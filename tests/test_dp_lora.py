@@ -89,7 +89,11 @@ def test_dp_sgd_without_clipping_or_noise_is_one_full_batch_sgd_step(reviews):
     start = get_flat(model)
     trainer.train(model, data, TrainingConfig(local_epochs=1, batch_size=len(data),
                                               learning_rate=0.5), round_seed=0)
-    np.testing.assert_allclose(dp, get_flat(model) - start, rtol=1e-4, atol=1e-8)
+    expected = get_flat(model) - start
+    # float32: per-sample gradients summed vs one batch gradient differ in summation order;
+    # allow 1e-5 of the largest entry for values that nearly cancel
+    atol = 1e-5 * float(np.abs(expected).max())
+    np.testing.assert_allclose(dp, expected, rtol=1e-4, atol=atol)
 
 
 def test_an_empty_sampled_batch_still_takes_a_step_of_noise(reviews):

@@ -150,7 +150,7 @@ def test_exported_adapter_loaded_with_peft_gives_the_coordinators_logits(minilm_
     ids = torch.from_numpy(tokenize([t for t, _ in SENTENCES] + ["ok"], spec))
     with torch.no_grad():
         expected = coordinators(ids)
-        found = loaded(input_ids=ids, attention_mask=(ids != 0).long()).logits
+        found = pretrained.sentence_logits(loaded, ids, (ids != 0).long())
     torch.testing.assert_close(found, expected, rtol=1e-6, atol=1e-6)
 
 

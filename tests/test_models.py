@@ -23,10 +23,12 @@ from fedtune.models import (
 MLP = ModelConfig(id="tabular-mlp", input_dim=7, num_classes=2, hidden=16)
 DIGITS_CNN = ModelConfig(id="image-cnn", num_classes=10, image_shape=(1, 8, 8))
 MNIST_CNN = ModelConfig(id="image-cnn", num_classes=10, image_shape=(1, 28, 28))
+DIGITS_LINEAR = ModelConfig(id="image-linear", num_classes=10, image_shape=(1, 8, 8))
 
 
 def test_registry_lists_every_model():
-    assert MODEL_IDS == ("tabular-mlp", "image-cnn", "minilm-lora", "smollm2-lora")
+    assert MODEL_IDS == ("tabular-mlp", "image-cnn", "image-linear", "minilm-lora",
+                         "smollm2-lora")
 
 
 def test_mlp_has_the_documented_layers():
@@ -61,6 +63,24 @@ def test_cnn_passes_opacus_strict_validation():
 def test_cnn_accepts_several_channels():
     spec = ModelConfig(id="image-cnn", num_classes=3, image_shape=(3, 12, 12))
     assert build_model(spec)(torch.rand(2, 3, 12, 12)).shape == (2, 3)
+
+
+def test_image_linear_is_softmax_regression_on_centred_pixels():
+    model = build_model(DIGITS_LINEAR)
+    assert num_trainable(model) == 64 * 10 + 10
+    x = torch.rand(3, 1, 8, 8)
+    linear = model[-1]
+    expected = (2 * x - 1).reshape(3, 64) @ linear.weight.T + linear.bias
+    assert torch.allclose(model(x), expected, atol=1e-6)
+
+
+def test_image_linear_accepts_images_smaller_than_the_cnn_needs():
+    spec = ModelConfig(id="image-linear", num_classes=2, image_shape=(3, 2, 2))
+    assert build_model(spec)(torch.rand(4, 3, 2, 2)).shape == (4, 2)
+
+
+def test_image_linear_passes_opacus_strict_validation():
+    assert ModuleValidator.validate(build_model(DIGITS_LINEAR), strict=True) == []
 
 
 def test_same_seed_gives_identical_parameters():
@@ -159,6 +179,7 @@ def test_rejected_vector_leaves_model_unchanged():
         (ModelConfig(id="image-cnn", image_shape=(8, 8)), "model.image_shape"),
         (ModelConfig(id="image-cnn", image_shape=(1, 2, 2)), "model.image_shape"),
         (ModelConfig(id="image-cnn", image_shape=(1, 8, 8), input_dim=10), "model.input_dim"),
+        (ModelConfig(id="image-linear", image_shape=(64,)), "model.image_shape"),
     ],
     ids=[
         "unknown-id",
@@ -168,6 +189,7 @@ def test_rejected_vector_leaves_model_unchanged():
         "2d-image",
         "tiny-image",
         "cnn-input-dim-mismatch",
+        "linear-flat-image",
     ],
 )
 def test_invalid_spec_error_names_the_field(spec, field):
