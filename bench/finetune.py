@@ -838,12 +838,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilon", type=float, default=8.0,
                         help="record-level ε of the DP run, over the whole job (default 8)")
     parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--sample-rate", type=float, default=0.25,
-                        help="DP-SGD Poisson rate q (default 0.25)")
+    parser.add_argument("--sample-rate", type=float, default=0.5,
+                        help="DP-SGD Poisson rate q (default 0.5)")
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
-    parser.add_argument("--dp-lr", type=float, default=0.002,
-                        help="DP run's Adam learning rate (default 0.002)")
-    parser.add_argument("--dp-local-epochs", type=int, default=1)
+    parser.add_argument("--dp-lr", type=float, default=0.005,
+                        help="DP run's Adam learning rate (default 0.005)")
+    parser.add_argument("--dp-local-epochs", type=int, default=4,
+                        help="DP run's local epochs per round (default 4: 8 noisy steps of "
+                             "q·N examples each at q = 0.5)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"Part 2's variants (default {','.join(VARIANTS)})")
     parser.add_argument("--federation-timeout", type=float, default=3600.0,

@@ -198,13 +198,13 @@ def transcript_section(summary: TranscriptSummary | None) -> dict[str, Any]:
             "note": note}
 
 
-def epsilon_or_none(enabled: bool, value: float) -> float | None:
+def epsilon_or_none(enabled: bool, value: float | None) -> float | None:
     """ε of a level for the card: ``None`` (ε = ∞) when the level has no DP.
 
-    ``privacy.json`` reports 0.0 for a disabled level; on a card that would read as perfect
-    privacy, so the card never shows it.
+    ``privacy.json`` reports ``null`` for a disabled level (run directories written before
+    that reported 0.0, which on a card would read as perfect privacy: never shown).
     """
-    if not enabled:
+    if not enabled or value is None:
         return None
     if not math.isfinite(value):
         return None

@@ -77,21 +77,28 @@ def quantize(x: npt.ArrayLike, scale: float, bits: int, rng: np.random.Generator
     _check_bits(bits)
     _check_scale(scale)
     values = np.asarray(x, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
+    scaled = np.multiply(values, scale)  # a new array: the caller's x is never written
+    # min and max propagate NaN, and are infinite for an infinite value: one check for both
+    low = float(scaled.min()) if scaled.size else 0.0
+    high = float(scaled.max()) if scaled.size else 0.0
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise QuantizationError("cannot quantise NaN or infinite values")
-    scaled = values * scale
     limit = 2 ** (bits - 1) - 1
-    peak = float(np.max(np.abs(scaled))) if scaled.size else 0.0
+    peak = max(-low, high)
     if peak + 1.0 > limit:
         raise QuantizationError(
             f"|x|·scale reaches {peak:.6g}, beyond what {bits} bits hold after rounding "
             f"({limit - 1}); clip x to the bound used for the scale, or lower the scale"
         )
+    # floor(v) + [u < v - floor(v)], u uniform in [0, 1): unbiased. Written pass by pass in
+    # place (about half the memory traffic of the plain expression; masked input is the hot
+    # path of a secure round)
     floor = np.floor(scaled)
-    round_up = rng.random(scaled.shape) < (scaled - floor)
-    signed = floor.astype(np.int64) + round_up.astype(np.int64)
+    np.subtract(scaled, floor, out=scaled)  # scaled now holds the fractional parts
+    signed = floor.astype(np.int64)
+    signed += rng.random(scaled.shape) < scaled
     # int64 -> uint64 reinterprets negatives as two's complement mod 2^64; reduce to 2^bits.
-    encoded = signed.astype(np.uint64)
+    encoded: U64Array = signed.view(np.uint64)
     encoded &= np.uint64((1 << bits) - 1)
     return encoded
 

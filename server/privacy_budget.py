@@ -81,14 +81,19 @@ class PrivacyBudget:
         self.history = list(state.get("history", []))  # type: ignore[arg-type]
 
     def report(self) -> dict[str, object]:
-        """The run directory's ``privacy.json``."""
+        """The run directory's ``privacy.json``.
+
+        A level without DP reports ``epsilon`` (``epsilon_per_site_at_most``) as ``null``:
+        its privacy loss is unbounded, and 0.0 would read as perfect privacy. An enabled level
+        that has released nothing yet reports 0.0.
+        """
         s, r = self.job.site_dp, self.job.record_dp
         return {
             "site_level": {
                 "mode": s.mode, "noise_multiplier": s.noise_multiplier,
                 "clip_norm": s.clip_norm, "delta": s.delta,
                 "target_epsilon": s.target_epsilon, "released_rounds": self.site_releases,
-                "epsilon": self.site_epsilon(),
+                "epsilon": self.site_epsilon() if self.site_level else None,
                 "mechanism": ("gaussian" if s.mode == "central" else
                               "skellam" if s.mode == "distributed" else "none"),
             },
@@ -97,7 +102,7 @@ class PrivacyBudget:
                 "max_grad_norm": r.max_grad_norm, "sample_rate": r.sample_rate,
                 "delta": r.delta, "target_epsilon": r.target_epsilon,
                 "released_rounds": self.record_releases,
-                "epsilon_per_site_at_most": self.record_epsilon(),
+                "epsilon_per_site_at_most": self.record_epsilon() if r.enabled else None,
             },
             "history": self.history,
         }

@@ -220,3 +220,25 @@ def test_a_distributed_dp_secure_run_trains_and_reports_epsilon_within_target(tm
     history = [h for h in c.history if not h.aborted]
     assert all(h.contributors == 3 for h in history)
     assert np.isfinite(c.params).all()
+
+
+def test_privacy_json_reports_no_epsilon_for_a_level_without_dp():
+    # no DP means an unbounded privacy loss: 0.0 would read as perfect privacy
+    from fedtune.server.privacy_budget import PrivacyBudget
+
+    plain = PrivacyBudget(JobConfig(job_id="j", model=ModelConfig(id="tabular-mlp", input_dim=3),
+                                    rounds=2, min_sites=1), dimension=10)
+    report = plain.report()
+    assert report["site_level"]["epsilon"] is None
+    assert report["record_level"]["epsilon_per_site_at_most"] is None
+    json.dumps(report)  # null in the file
+
+
+def test_privacy_json_reports_zero_for_a_dp_level_that_released_nothing_yet():
+    from fedtune.server.privacy_budget import PrivacyBudget
+
+    job = JobConfig(job_id="j", model=ModelConfig(id="tabular-mlp", input_dim=3), rounds=2,
+                    min_sites=1, record_dp=RecordLevelDPConfig(
+                        enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.1))
+    assert PrivacyBudget(job, dimension=10).report()["record_level"][
+        "epsilon_per_site_at_most"] == 0.0
