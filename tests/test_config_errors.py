@@ -122,8 +122,8 @@ FEDERATION_CASES = [
     ("min-sites-above-enrolled", _set(3, "job", "min_sites"), "job.min_sites",
      "3 exceeds the 2 enrolled sites"),
     ("model-not-in-registry", _set("resnet-50", "job", "model", "id"), "job.model.id",
-     "expected one of tabular-mlp, image-cnn, image-linear, minilm-lora, smollm2-lora; "
-     "found 'resnet-50'"),
+     ("expected one of tabular-mlp, image-cnn, image-linear, minilm-lora, smollm2-lora; "
+      "found 'resnet-50'")),
     ("optimizer-not-a-choice", _set("rmsprop", "job", "training", "optimizer"),
      "job.training.optimizer", "expected one of sgd, adam; found 'rmsprop'"),
     ("negative-deadline", _set(-1.0, "job", "deadlines", "input"), "job.deadlines.input",
