@@ -20,8 +20,9 @@ which a job names in ``ModelConfig.base_sha256`` and every site checks before it
     its new ``Linear(384, num_classes)`` classifier. BERT's pooler (the first token through a
     dense layer) is not used: all-MiniLM-L6-v2 was never trained through it, and a head on
     it stays near chance under DP-SGD's noise (``bench/finetune.py``). The fixed scale makes
-    the unit-norm embedding's logits move at the adapters' learning rate. Trainable: 6 layers × 2 projections × (8·384 + 384·8) = 73,728 adapter values
-    plus ``384·num_classes + num_classes`` head values (74,498 for two classes).
+    the unit-norm embedding's logits move at the adapters' learning rate. Trainable: 6 layers
+    × 2 projections × (8·384 + 384·8) = 73,728 adapter values plus
+    ``384·num_classes + num_classes`` head values (74,498 for two classes).
     LoRA's ``B`` matrices start at zero, so round 0's model is the frozen encoder with a fresh
     head. Input: int64 token ids ``(N, L)`` with ``L = ModelConfig.input_dim`` (0 means
     :data:`DEFAULT_MAX_TOKENS`), padded with the tokenizer's pad id; the attention mask is

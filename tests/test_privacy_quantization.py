@@ -80,6 +80,14 @@ def test_stochastic_rounding_is_unbiased(value: float) -> None:
     assert set(decoded.tolist()) == {math.floor(value), math.floor(value) + 1}
 
 
+def test_quantize_never_writes_the_callers_array() -> None:
+    # the site keeps its clipped update after quantising it (instrumentation, distributed DP)
+    x = np.array([0.25, -0.75, 0.5], dtype=np.float64)
+    before = x.copy()
+    qz.quantize(x, 1000.5, 32, np.random.default_rng(0))
+    assert np.array_equal(x, before)
+
+
 def test_values_already_on_the_grid_are_exact() -> None:
     q = qz.quantize(np.array([0.0, 0.25, -0.5, 3.0]), 4.0, 8, np.random.default_rng(5))
     assert q.tolist() == [0, 1, 256 - 2, 12]
