@@ -22,8 +22,8 @@ What it reports (medians over the measured rounds, after one warm-up round)
       ``Flower overhead ÷ fedtune overhead`` (“× less overhead than Flower”);
     * bytes one fedtune site uploads per parameter in secure mode (its ``InputChunk``
       stream), and with every other secure-phase request added;
-    * masking vs the keystream bound: CPU time a site thread spends in ``SiteRound.mask`` ÷
-      (cipher bytes it expanded ÷ raw AES-256-CTR rate from
+    * masking vs the keystream bound: CPU time a site thread spends in
+      ``SiteRound.mask_words`` ÷ (cipher bytes it expanded ÷ raw AES-256-CTR rate from
       ``fedtune.privacy.masks.keystream_bytes_per_second``, measured in the same run).
 
 Run ``python bench/secagg.py --help``; ``bench/README.md`` explains the columns and the bench
@@ -137,7 +137,7 @@ def update_vector(size: int, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MaskCall:
-    """One ``SiteRound.mask`` call: a site masking its quantised input in one round."""
+    """One ``SiteRound.mask_words`` call: a site masking its quantised input in one round."""
 
     site: str
     thread: str
@@ -150,14 +150,14 @@ class MaskCall:
 
 
 class SecureProbe:
-    """Wraps ``SiteRound.mask`` and ``SecureSum.unmask`` while a configuration runs."""
+    """Wraps ``SiteRound.mask_words`` and ``SecureSum.unmask`` while a configuration runs."""
 
     def __init__(self) -> None:
         self.calls: list[MaskCall] = []
         self.unmask_spans: list[tuple[float, float]] = []
         #: one (SiteRound, quantised input) kept to replay the masking on an idle machine
         self.sample: tuple[SiteRound, np.ndarray] | None = None
-        self._original_mask = SiteRound.__dict__["mask"]
+        self._original_mask = SiteRound.__dict__["mask_words"]
         self._original_unmask = SecureSum.__dict__["unmask"]
 
     @contextlib.contextmanager
@@ -189,16 +189,16 @@ class SecureProbe:
             finally:
                 probe.unmask_spans.append((start, time.time()))
 
-        SiteRound.mask = mask  # type: ignore[method-assign]
+        SiteRound.mask_words = mask  # type: ignore[method-assign]
         SecureSum.unmask = unmask  # type: ignore[method-assign]
         try:
             yield
         finally:
-            SiteRound.mask = original_mask  # type: ignore[method-assign]
+            SiteRound.mask_words = original_mask  # type: ignore[method-assign]
             SecureSum.unmask = original_unmask  # type: ignore[method-assign]
 
     def replay_mask_s(self, repeats: int = 5) -> float | None:
-        """CPU time of one site's ``mask`` replayed alone (same keys, same input), median.
+        """CPU time of one site's ``mask_words`` replayed alone (same keys, same input), median.
 
         Thread CPU time, as in the run: on a shared machine wall time also counts whatever
         else runs. The replay only recomputes the masked vector; nothing is sent.
@@ -806,7 +806,8 @@ def print_report(results: list[dict[str, Any]], rounds: int) -> None:
     print("  overhead = secure round − plain round of the same system (Flower: SecAgg+ round − "
           "plain Flower round, same grid); × less overhead = Flower overhead ÷ fedtune overhead")
     print("  up B/param = a fedtune site's masked-input upload (serialized InputChunk bytes) ÷ m; "
-          "mask ÷ bound = thread CPU time in SiteRound.mask ÷ (keystream bytes ÷ AES-CTR rate)")
+          "mask ÷ bound = thread CPU time in SiteRound.mask_words ÷ "
+          "(keystream bytes ÷ AES-CTR rate)")
 
     print()
     print("fedtune secure round: where the time goes (medians, seconds)")
@@ -936,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
             "less_overhead_than_flower": "flower_overhead_s ÷ fedtune_overhead_s",
             "upload_bytes_per_param": "serialized InputChunk bytes one site sends per round ÷ m",
             "mask_cpu_over_bound": "median over sites and rounds of thread CPU time in "
-                                   "SiteRound.mask ÷ (keystream bytes it expanded ÷ "
+                                   "SiteRound.mask_words ÷ (keystream bytes it expanded ÷ "
                                    "keystream_bytes_per_second())",
             "flower_parameters": "num_shares = fedtune's k + 1 (Flower counts the node "
                                  "itself), reconstruction_threshold = fedtune's t; "

@@ -29,7 +29,7 @@ import numpy as np
 
 from fedtune.logs import log_event
 from fedtune.privacy.distributed_dp import site_encode
-from fedtune.privacy.input_encoding import InputEncoding, encode
+from fedtune.privacy.input_encoding import InputEncoding, clip_update, encode
 from fedtune.privacy.secagg import RoundParameters, SecAggError, SiteRound
 from fedtune.privacy.signatures import (
     SignatureError,
@@ -193,12 +193,11 @@ class SecureSiteMixin:
         else:
             # w·clip(Δ, ±R) = clip(w·Δ, ±w·R): the bound the quantiser was scaled for
             bound = max(metrics.weight, 1.0) * enc.value_range
-            clipped = np.clip(vector.astype(np.float64), -bound, bound)
-            n_clipped = int(np.count_nonzero(clipped != vector))
+            clipped, n_clipped = clip_update(vector, bound)
             quantised = encode(clipped, metric_values, enc, rng)
         state.quantised = quantised
         try:
-            masked = state.secrets.mask(quantised)
+            masked = state.secrets.mask_words(quantised)
         except SecAggError as exc:
             self._leave_round(ref, f"submit-input: {exc}")
             return
@@ -207,7 +206,7 @@ class SecureSiteMixin:
             self._leave_round(ref, f"submit-input: unexpected layout {dtype} "
                                    f"{list(task.expected.shape)}")
             return
-        wire = masked.astype(dtype)
+        wire = masked.astype(dtype, copy=False)  # uint32 is <u4 here: no copy
         self._maybe_drop("input", ref)
         self._charge(accepted, secure=True)
         self._submit(ref, wire, None, accepted.offer.parameters.sha256)

@@ -74,27 +74,41 @@ class InputEncoding:
 
 
 def clip_update(delta: np.ndarray, value_range: float) -> tuple[np.ndarray, int]:
-    """Clip every coordinate to ``[-value_range, value_range]``; returns (clipped, how many)."""
-    clipped = np.clip(delta, -value_range, value_range)
+    """Clip every coordinate to ``[-value_range, value_range]``; returns (clipped, how many).
+
+    A ``delta`` already within the range (the usual case) comes back as it is, not copied:
+    two read-only passes (min, max, compared exactly as float64) decide it. Otherwise the
+    result is float64, so that a bound float32 cannot hold exactly is not rounded outward.
+    NaN fails the check and goes through ``np.clip``, which keeps it (the quantiser then
+    refuses it).
+    """
+    if delta.size == 0 or (-value_range <= float(delta.min())
+                           and float(delta.max()) <= value_range):
+        return delta, 0
+    clipped = np.clip(delta.astype(np.float64), -value_range, value_range)
     return clipped, int(np.count_nonzero(clipped != delta))
 
 
 def encode(weighted_update: np.ndarray, metrics: dict[str, float], enc: InputEncoding,
            rng: np.random.Generator) -> np.ndarray:
-    """Quantise ``[w·Δ | metrics]`` into Z_(2^bits) (uint64), clipping metrics to their caps."""
+    """Quantise ``[w·Δ | metrics]`` into Z_(2^bits) (uint64), clipping the update to
+    ``±update_bound`` and the metrics to their caps. ``weighted_update`` (float32 or float64)
+    is never written."""
     if weighted_update.shape != (enc.length,):
         raise ValueError(f"update has shape {weighted_update.shape}, expected ({enc.length},)")
-    bound = enc.update_bound
-    update = np.clip(weighted_update.astype(np.float64), -bound, bound)
+    update, _ = clip_update(weighted_update, enc.update_bound)
     caps = enc.metric_caps()
 
     def bounded(names: tuple[str, ...]) -> np.ndarray:
         return np.array([min(max(float(metrics.get(k, 0.0)), 0.0), caps[k]) for k in names])
 
     counts = np.round(bounded(COUNT_FIELDS))  # counts are integers by definition
-    return np.concatenate([quantize(update, enc.update_scale, enc.bits, rng),
-                           quantize(counts, enc.count_scale, enc.bits, rng),
-                           quantize(bounded(LOSS_FIELDS), enc.loss_scale, enc.bits, rng)])
+    m, c = enc.length, len(COUNT_FIELDS)
+    out = np.empty(enc.total_length, dtype=np.uint64)  # each part is quantised in place
+    quantize(update, enc.update_scale, enc.bits, rng, out=out[:m])
+    quantize(counts, enc.count_scale, enc.bits, rng, out=out[m:m + c])
+    quantize(bounded(LOSS_FIELDS), enc.loss_scale, enc.bits, rng, out=out[m + c:])
+    return out
 
 
 def decode_sum(total: np.ndarray, enc: InputEncoding) -> tuple[np.ndarray, dict[str, float]]:

@@ -66,18 +66,27 @@ def scale_for(n_summands: int, bound: float, bits: int) -> float:
     return scale
 
 
-def quantize(x: npt.ArrayLike, scale: float, bits: int, rng: np.random.Generator) -> U64Array:
+def quantize(x: npt.ArrayLike, scale: float, bits: int, rng: np.random.Generator,
+             out: U64Array | None = None) -> U64Array:
     """Scale ``x``, round stochastically (unbiased), and encode as two's complement mod
     2^bits (uint64).
 
     The caller clips ``x`` to the bound given to :func:`scale_for`; this function only checks
     that each coordinate fits on its own (``|x|·scale + 1 <= 2^(bits-1) - 1``) and raises
-    :class:`QuantizationError` otherwise, or for non-finite values.
+    :class:`QuantizationError` otherwise, or for non-finite values. ``x`` may be float32 or
+    float64 (it is scaled in float64) and is never written. ``out``, a contiguous uint64 array
+    of ``x``'s shape, receives the result (a slice of a larger vector, say) and is returned.
     """
     _check_bits(bits)
     _check_scale(scale)
-    values = np.asarray(x, dtype=np.float64)
-    scaled = np.multiply(values, scale)  # a new array: the caller's x is never written
+    values = np.asarray(x)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    if out is None:
+        out = np.empty(values.shape, dtype=np.uint64)
+    elif out.dtype != np.uint64 or out.shape != values.shape or not out.flags.c_contiguous:
+        raise QuantizationError(f"out must be a contiguous uint64 array of shape {values.shape}")
+    scaled = np.multiply(values, scale, dtype=np.float64)  # a new array: x is never written
     # min and max propagate NaN, and are infinite for an infinite value: one check for both
     low = float(scaled.min()) if scaled.size else 0.0
     high = float(scaled.max()) if scaled.size else 0.0
@@ -90,17 +99,16 @@ def quantize(x: npt.ArrayLike, scale: float, bits: int, rng: np.random.Generator
             f"|x|·scale reaches {peak:.6g}, beyond what {bits} bits hold after rounding "
             f"({limit - 1}); clip x to the bound used for the scale, or lower the scale"
         )
-    # floor(v) + [u < v - floor(v)], u uniform in [0, 1): unbiased. Written pass by pass in
-    # place (about half the memory traffic of the plain expression; masked input is the hot
-    # path of a secure round)
-    floor = np.floor(scaled)
-    np.subtract(scaled, floor, out=scaled)  # scaled now holds the fractional parts
-    signed = floor.astype(np.int64)
-    signed += rng.random(scaled.shape) < scaled
-    # int64 -> uint64 reinterprets negatives as two's complement mod 2^64; reduce to 2^bits.
-    encoded: U64Array = signed.view(np.uint64)
-    encoded &= np.uint64((1 << bits) - 1)
-    return encoded
+    # floor(v) + [u < v - floor(v)], u uniform in [0, 1): unbiased. Pass by pass, in place,
+    # into the result's memory (masked input is the hot path of a secure round): floor is
+    # written straight as int64, and int64 -> uint64 reinterprets negatives as two's
+    # complement mod 2^64, reduced to 2^bits at the end.
+    signed = out.view(np.int64)
+    np.floor(scaled, out=signed, casting="unsafe")  # exact: |v| < 2^61 is an int64
+    np.subtract(scaled, signed, out=scaled)  # scaled now holds the fractional parts
+    np.add(signed, rng.random(scaled.shape) < scaled, out=signed, casting="unsafe")
+    out &= np.uint64((1 << bits) - 1)
+    return out
 
 
 def dequantize(q: U64Array, scale: float, bits: int) -> F64Array:

@@ -201,19 +201,28 @@ class SiteRound:
     # -- phase 4: masked input -------------------------------------------------------------
 
     def mask(self, quantised: np.ndarray) -> np.ndarray:
-        """``x + PRG(b) + Σ ±PRG(s_uv)`` over the neighbours whose shares arrived."""
+        """``x + PRG(b) + Σ ±PRG(s_uv)`` over the neighbours whose shares arrived (uint64)."""
+        words = self.mask_words(quantised)
+        return reduce_mod(words, self._require_params().bits)
+
+    def mask_words(self, quantised: np.ndarray) -> np.ndarray:
+        """As :meth:`mask`, in the ring's accumulator word (:func:`word_dtype`: uint32 up to
+        32 bits, which is the wire format there, so the site sends it without another copy).
+        ``quantised`` (residues mod 2^bits) is never written."""
         p = self._require_params()
         if len(self.held) < p.threshold - 1:
             raise SecAggError(f"only {len(self.held)} neighbours shared keys; the round cannot "
                               f"reach the threshold {p.threshold}")
-        acc = quantised.astype(word_dtype(p.bits))  # quantised values are < 2^bits
+        acc = quantised.astype(word_dtype(p.bits))  # a copy: quantised values are < 2^bits
         accumulate_mask(acc, _self_mask_key(p, self.site_id, self.self_seed), p.bits)
         own = private_to_raw(self.masking.private)
         self.mask_peers = tuple(sorted(self.held))
         for peer in self.mask_peers:
             key = _pair_mask_key(p, own, self.site_id, peer, self.peer_keys[peer][1])
             accumulate_mask(acc, key, p.bits, subtract=self.site_id > peer)
-        return reduce_mod(acc, p.bits)
+        if p.bits < 8 * acc.itemsize:  # at 32 bits uint32's own wrap-around is the reduction
+            acc &= acc.dtype.type((1 << p.bits) - 1)
+        return acc
 
     # -- phase 5: consistency check and unmask ---------------------------------------------
 

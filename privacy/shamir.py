@@ -4,23 +4,25 @@ Shamir, "How to share a secret", CACM 22(11), 1979; used by secure aggregation t
 surviving sites rebuild a dropped site's mask key or a survivor's self-mask seed (Bonawitz et
 al. 2017, §4, "SS.share" / "SS.recon"; Bell et al. 2020, SecAgg+).
 
-Splitting is pycryptodome's ``Crypto.Protocol.SecretSharing.Shamir`` over GF(2^128), a
-well-kept implementation; a 32-byte secret is shared as two independent 16-byte halves with
-the same x-coordinates. Share ``i`` (0-based list position) is the point at x = i + 1, encoded
-as ``y(first half) ‖ y(second half)`` (32 bytes). The polynomial coefficients come from the OS
-CSPRNG (pycryptodome's ``get_random_bytes``), so the security-critical randomness stays in
-the library.
+The field and the share format are pycryptodome's ``Crypto.Protocol.SecretSharing.Shamir``
+over GF(2^128), a well-kept implementation: an element is a 128-bit integer whose bit ``i`` is
+the coefficient of X^i, encoded as 16 big-endian bytes, modulo X^128 + X^7 + X^2 + X + 1
+(``_Element`` in pycryptodome). A 32-byte secret is shared as two independent 16-byte halves
+with the same x-coordinates. Share ``i`` (0-based list position) is the point at x = i + 1,
+encoded as ``y(first half) ‖ y(second half)`` (32 bytes); pycryptodome's ``Shamir.combine``
+rebuilds each half from them, and this module's combine rebuilds pycryptodome's shares.
 
-Combining uses this module's own arithmetic in exactly pycryptodome's representation of the
-field (an element is a 128-bit integer whose bit ``i`` is the coefficient of X^i, encoded as
-16 big-endian bytes, modulo X^128 + X^7 + X^2 + X + 1; ``_Element`` in pycryptodome).
-Why: pycryptodome's bit-serial ``Shamir.combine`` took 12-16 ms per secret at t = 11 and
-150-180 ms at t = 51 (measured), and the coordinator rebuilds about one secret per site per
-round, all at (mostly) the same x-coordinates. :class:`LagrangeAtZero` computes the
-coefficients once per x-set and then combines a secret with table look-ups. The tests check it
-bit for bit against pycryptodome's ``Shamir.combine`` and ``_Element``. The arithmetic is not
-constant-time (nor is pycryptodome's, on Python integers); it only ever rebuilds secrets the
-combining party is entitled to learn.
+Both directions use this module's own arithmetic in that representation. Why: pycryptodome's
+bit-serial field multiplication made ``Shamir.split`` cost about 3 ms per secret at t = 11
+(every site shares two secrets with its neighbours each round: the largest cost of a secure
+round after masking) and ``Shamir.combine`` 12-16 ms per secret at t = 11 and 150-180 ms at
+t = 51 (measured). Splitting evaluates the polynomial by Horner's rule at byte-sized x, so
+each step is a multiplication by a byte (a few shifts); its coefficients come from the OS
+CSPRNG (``secrets.token_bytes``). :class:`LagrangeAtZero` computes the interpolation
+coefficients once per x-set and then combines a secret with table look-ups. The tests check
+both bit for bit against pycryptodome's ``Shamir`` and ``_Element``. The arithmetic is not
+constant-time (nor is pycryptodome's, on Python integers): a site's own process splits its
+secrets, and combining only ever rebuilds secrets the combining party is entitled to learn.
 
 Shamir's scheme cannot detect a wrong reconstruction: with fewer than ``threshold`` shares,
 or with a forged share, :func:`combine_shares` returns a wrong secret without any error.
@@ -30,9 +32,8 @@ Callers must therefore verify a reconstructed secret against a commitment they a
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
-
-from Crypto.Protocol.SecretSharing import Shamir
 
 SECRET_BYTES = 32
 HALF_BYTES = 16
@@ -56,14 +57,32 @@ def split_secret(secret: bytes, threshold: int, n_shares: int) -> list[bytes]:
         raise ShamirError(f"n_shares must be in 1..{MAX_SHARES}, got {n_shares}")
     if not 1 <= threshold <= n_shares:
         raise ShamirError(f"threshold must be in 1..n_shares={n_shares}, got {threshold}")
-    low = Shamir.split(threshold, n_shares, secret[:HALF_BYTES], ssss=False)
-    high = Shamir.split(threshold, n_shares, secret[HALF_BYTES:], ssss=False)
-    shares = []
-    for x, ((x_low, y_low), (x_high, y_high)) in enumerate(zip(low, high, strict=True), 1):
-        if x_low != x or x_high != x:  # pycryptodome numbers shares 1..n; guard the contract
-            raise ShamirError(f"unexpected share numbering from pycryptodome at x={x}")
-        shares.append(y_low + y_high)
-    return shares
+    halves = []
+    for half in (secret[:HALF_BYTES], secret[HALF_BYTES:]):
+        # p(X) = c_(t-1)·X^(t-1) + ... + c_1·X + secret, c_i uniform in GF(2^128)
+        coefficients = [int.from_bytes(secrets.token_bytes(HALF_BYTES), "big")
+                        for _ in range(threshold - 1)]
+        coefficients.append(int.from_bytes(half, "big"))
+        halves.append(coefficients)
+    return [_horner(halves[0], x).to_bytes(HALF_BYTES, "big")
+            + _horner(halves[1], x).to_bytes(HALF_BYTES, "big")
+            for x in range(1, n_shares + 1)]
+
+
+def evaluate(coefficients: Sequence[int], x: int) -> int:
+    """The polynomial with ``coefficients`` (highest degree first, as pycryptodome's
+    ``make_share`` takes them) at the byte-sized point ``x``, by Horner's rule."""
+    _checked_x(x)
+    for coefficient in coefficients:
+        _check_element(coefficient)
+    return _horner(coefficients, x)
+
+
+def _horner(coefficients: Sequence[int], x: int) -> int:
+    y = 0
+    for coefficient in coefficients:
+        y = _mul_byte(y, x) ^ coefficient
+    return y
 
 
 def combine_shares(shares: Mapping[int, bytes]) -> bytes:

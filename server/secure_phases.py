@@ -26,7 +26,7 @@ import numpy as np
 from fedtune.logs import log_event
 from fedtune.privacy.distributed_dp import DistributedDPParams, server_decode
 from fedtune.privacy.input_encoding import METRIC_FIELDS, InputEncoding, decode_sum
-from fedtune.privacy.masks import mod_sum
+from fedtune.privacy.masks import word_dtype, word_sum
 from fedtune.privacy.secagg import RoundParameters, SecAggError, unmask_sum
 from fedtune.privacy.signatures import (
     SignatureError,
@@ -155,9 +155,10 @@ class SecurePhasesMixin:
 
     def submit_masked(self: Coordinator, site: str, ref: pb.RoundRef, vector: np.ndarray) -> None:
         bits = self.job.secure_aggregation.bits
-        as_ring = vector.astype(np.uint64)
+        # the ring's word (uint32 up to 32 bits): the wire's <u4 is read without a copy
+        as_ring = vector.astype(word_dtype(bits), copy=False)
         # a <u4 vector at 32 bits is in the ring by construction; check the others
-        if bits < 8 * vector.dtype.itemsize and np.any(as_ring >> np.uint64(bits)):
+        if bits < 8 * as_ring.itemsize and np.any(as_ring >> as_ring.dtype.type(bits)):
             raise invalid(f"masked input has values outside Z_(2^{bits})")
         self.behaviour.observe(site, "masked_input", as_ring)
         digest = spec_for(vector).sha256  # what the site's header and egress log carry
@@ -329,7 +330,7 @@ class SecureSum:
     def unmask(self) -> tuple[np.ndarray, pb.PlainMetrics]:
         """(Σ w·Δ, metric sums); raises :class:`SecAggError` when the masks cannot be removed."""
         bits = self.params.bits
-        total = unmask_sum(self.params, mod_sum(self.masked, bits), self.survivors,
+        total = unmask_sum(self.params, word_sum(self.masked, bits), self.survivors,
                            self.dropouts, self.mask_keys, self.relayed, self.revealed)
         if self.distributed is None:
             update_sum, metric_sums = decode_sum(total, self.encoding)

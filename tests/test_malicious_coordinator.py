@@ -144,7 +144,7 @@ def test_no_buffer_the_coordinator_receives_or_stores_is_a_single_sites_update(
     coordinator, _ = _run(fed, recorder)
 
     assert sum(not h.aborted for h in coordinator.history) == 3
-    received = [r.payload for r in recorder.masked_inputs()]
+    received = [r.payload.astype(np.uint64) for r in recorder.masked_inputs()]  # uint32 words
     assert len(received) == len(sent) == 9  # 3 sites × (2 training + 1 evaluation rounds)
     scale = 1.0  # any fixed reading of the ring: a masked vector is far from every input
     for y in received:

@@ -223,3 +223,23 @@ def test_accumulating_a_mask_in_place_equals_adding_the_expanded_mask(bits, leng
     masks.accumulate_mask(acc, key_a, bits)
     masks.accumulate_mask(acc, key_b, bits, subtract=True)
     np.testing.assert_array_equal(masks.reduce_mod(acc, bits), expected)
+
+
+@pytest.mark.parametrize("bits", [32, 17, 40])
+def test_word_sum_equals_mod_sum_of_the_widened_arrays(bits: int) -> None:
+    rng = np.random.default_rng(11)
+    wide = [rng.integers(0, 2**bits, size=1000, dtype=np.uint64) for _ in range(7)]
+    words = [w.astype(masks.word_dtype(bits)) for w in wide]
+    total = masks.word_sum(words, bits)
+    assert total.dtype == np.uint64
+    np.testing.assert_array_equal(total, masks.mod_sum(wide, bits))
+    np.testing.assert_array_equal(words[0], wide[0])  # the operands are not written
+
+
+def test_word_sum_refuses_the_wrong_word_or_shapes() -> None:
+    with pytest.raises(masks.MaskError, match="1-D uint32 array, got uint64"):
+        masks.word_sum([np.zeros(3, np.uint64)], 32)
+    with pytest.raises(masks.MaskError, match="arrays\\[1\\] has shape"):
+        masks.word_sum([np.zeros(3, np.uint32), np.zeros(4, np.uint32)], 32)
+    with pytest.raises(masks.MaskError, match="at least one"):
+        masks.word_sum([], 32)

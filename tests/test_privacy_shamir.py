@@ -248,3 +248,40 @@ def test_a_field_element_outside_128_bits_is_rejected(value: int) -> None:
 def test_zero_has_no_inverse() -> None:
     with pytest.raises(shamir.ShamirError, match="0 has no inverse"):
         shamir.gf128_inverse(0)
+
+
+# -- the split against pycryptodome ------------------------------------------------------------
+
+
+def test_polynomial_evaluation_equals_pycryptodome_horner() -> None:
+    """``evaluate`` is pycryptodome's ``make_share``: ``share = x·share + c`` over the
+    coefficients, highest degree first, in ``_Element`` arithmetic."""
+    rng = random.Random(4)
+    for degree in (0, 1, 10, 50):
+        coefficients = [rng.choice(FIELD_EDGES) if i % 3 == 0 else rng.getrandbits(128)
+                        for i in range(degree + 1)]
+        for x in (1, 2, 3, 17, 128, 255):
+            expected = _Element(0)
+            for c in coefficients:
+                expected = _Element(x) * expected + _Element(c)
+            assert shamir.evaluate(coefficients, x) == int(expected), (degree, x)
+
+
+def test_split_shares_combine_with_pycryptodome_at_every_threshold_subset() -> None:
+    shares = shamir.split_secret(SECRET, 4, 7)
+    for xs in itertools.combinations(range(1, 8), 4):
+        assert _library_combine(_points(shares, xs)) == SECRET, xs
+
+
+def test_split_of_a_large_sharing_combines_with_pycryptodome() -> None:
+    shares = shamir.split_secret(SECRET, 51, 100)
+    xs = tuple(random.Random(5).sample(range(1, 101), 51))
+    assert _library_combine(_points(shares, xs)) == SECRET
+    assert shamir.combine_shares(_points(shares, xs)) == SECRET
+
+
+def test_evaluate_rejects_a_point_or_coefficient_outside_the_field() -> None:
+    with pytest.raises(shamir.ShamirError, match="x-coordinates"):
+        shamir.evaluate([1, 2], 0)
+    with pytest.raises(shamir.ShamirError, match="GF\\(2\\^128\\) element"):
+        shamir.evaluate([1 << 128, 2], 3)

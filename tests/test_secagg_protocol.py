@@ -193,3 +193,20 @@ def test_wrong_shares_are_detected_by_the_advertised_mask_key():
     with pytest.raises(SecAggError, match="does not match its advertised public key"):
         unmask_sum(params, mod_sum(masked, BITS), survivors, ["s4"],
                    {s: keys[s][1] for s in sites}, relayed, revealed)
+
+
+@pytest.mark.parametrize("bits", [32, 20, 48])
+def test_mask_words_is_the_mask_in_the_accumulator_word(bits):
+    sites = {f"s{i}": SiteRound(f"s{i}") for i in range(4)}
+    keys = {s: (r.encryption.public, r.masking.public) for s, r in sites.items()}
+    digests = [hashlib.sha256(s.encode() + keys[s][0] + keys[s][1]).digest() for s in keys]
+    params = RoundParameters.derive("run", 1, bits, sites, 0, 0, b"\x07" * 32, digests)
+    shares = {s: r.share_keys(params, keys) for s, r in sites.items()}
+    _deliver(sites, shares, set(sites))
+    x = np.random.default_rng(9).integers(0, 2 ** bits, size=300, dtype=np.uint64)
+    before = x.copy()
+    words = sites["s1"].mask_words(x)
+    assert words.dtype == (np.uint32 if bits <= 32 else np.uint64)
+    assert int(words.max()) < 2 ** bits
+    np.testing.assert_array_equal(words.astype(np.uint64), sites["s1"].mask(x))
+    np.testing.assert_array_equal(x, before)
