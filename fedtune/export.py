@@ -71,7 +71,7 @@ from google.protobuf.message import DecodeError
 from torch import nn
 
 import fedtune
-from fedtune import models, privacy_card
+from fedtune import models, pretrained, privacy_card
 from fedtune.federation import load_federation
 from fedtune.job import JobConfig, job_digest, job_from_proto, job_to_proto
 from fedtune.privacy_plan import finalize_job
@@ -397,8 +397,14 @@ def _peft_model(model: nn.Module) -> nn.Module:
     return found[0]
 
 
-def _write_adapter(model: nn.Module, params: np.ndarray, folder: Path) -> list[str]:
-    """peft's ``save_pretrained``, then a check of what it wrote; returns the file names."""
+def _write_adapter(model: nn.Module, params: np.ndarray, folder: Path,
+                   upstream: str) -> list[str]:
+    """peft's ``save_pretrained``, then a check of what it wrote; returns the file names.
+
+    ``base_model_name_or_path`` in ``adapter_config.json`` becomes ``upstream`` (the base's
+    Hub name): peft writes the folder the base was loaded from, a path of this machine's
+    install that means nothing where the adapter is loaded.
+    """
     from peft import LoraConfig, get_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -416,6 +422,10 @@ def _write_adapter(model: nn.Module, params: np.ndarray, folder: Path) -> list[s
             raise ExportError(staging / name, "", "peft's save_pretrained did not write it")
         os.replace(staging / name, folder / name)
     shutil.rmtree(staging)  # peft's generic README.md: the privacy card replaces it
+    written = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    written["base_model_name_or_path"] = upstream
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(written, indent=2, sort_keys=True) + "\n",
+                                         encoding="utf-8")
 
     saved = load_file(folder / ADAPTER_WEIGHTS)
     expected = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}
@@ -465,8 +475,6 @@ def _sha256(path: Path) -> str:
 def _base_section(job: JobConfig) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     if job.model.id not in models.PRETRAINED_IDS:
         return None, None
-    from fedtune import pretrained
-
     b = pretrained.BASES[job.model.id]
     base = {"distribution": b.distribution, "file": "/".join(p for p in (b.folder, b.weights) if p),
             "sha256": pretrained.base_sha256(job.model.id),
@@ -559,7 +567,8 @@ def _export_stopped_run(run_dir: Path, out: Path, federation: Path | None,
     staging.mkdir()
     try:
         if base is not None:
-            names = _write_adapter(model, run.params, staging)
+            names = _write_adapter(model, run.params, staging,
+                                   pretrained.BASES[job.model.id].upstream)
             model_format = "peft-lora"
         else:
             names = _write_state_dict(model, run.params, dataclasses.asdict(job.model), staging)

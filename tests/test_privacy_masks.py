@@ -243,3 +243,27 @@ def test_word_sum_refuses_the_wrong_word_or_shapes() -> None:
         masks.word_sum([np.zeros(3, np.uint32), np.zeros(4, np.uint32)], 32)
     with pytest.raises(masks.MaskError, match="at least one"):
         masks.word_sum([], 32)
+
+
+@pytest.mark.parametrize("bits", [32, 40])
+@pytest.mark.parametrize("length", [1, 70_000, 140_001])
+def test_accumulating_masks_together_equals_adding_each_expanded_mask(bits, length):
+    # several masks streamed chunk by chunk (140,001 words cross two chunk boundaries at
+    # 32 bits, four at 40): each key's keystream must continue across the chunks
+    rng = np.random.default_rng(bits * length)
+    x = rng.integers(0, 2 ** bits, size=length, dtype=np.uint64)
+    keys = [(bytes([i]) * 32, i % 3 == 0) for i in range(1, 8)]
+    expected = x
+    for key, subtract in keys:
+        op = masks.mod_sub if subtract else masks.mod_add
+        expected = op(expected, masks.expand_mask(key, length, bits), bits)
+    acc = x.astype(masks.word_dtype(bits))
+    masks.accumulate_masks(acc, keys, bits)
+    np.testing.assert_array_equal(masks.reduce_mod(acc, bits), expected)
+
+
+def test_accumulating_masks_checks_every_key_before_writing() -> None:
+    acc = np.arange(10, dtype=np.uint32)
+    with pytest.raises(masks.MaskError, match="32 bytes"):
+        masks.accumulate_masks(acc, [(bytes(32), False), (bytes(31), False)], 32)
+    np.testing.assert_array_equal(acc, np.arange(10, dtype=np.uint32))

@@ -154,3 +154,29 @@ def test_dequantize_rejects_signed_arrays() -> None:
 def test_scale_must_be_positive_and_finite(scale: float) -> None:
     with pytest.raises(qz.QuantizationError, match="scale must be"):
         qz.quantize(np.zeros(2), scale, 16, np.random.default_rng(11))
+
+
+def _reference_quantize(x: np.ndarray, scale: float, bits: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """The definition in one whole-vector expression: floor(v) + [u < v - floor(v)]."""
+    v = np.asarray(x, dtype=np.float64) * scale
+    floor = np.floor(v)
+    signed = (floor + (rng.random(v.shape) < v - floor)).astype(np.int64)
+    return signed.view(np.uint64) & np.uint64((1 << bits) - 1)
+
+
+@pytest.mark.parametrize("length", [1, 65_536, 150_001])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunked_quantisation_equals_the_whole_vector_definition(length: int, dtype) -> None:
+    # 150,001 coordinates cross two chunk boundaries; the draws must come in the same order
+    x = np.random.default_rng(length).uniform(-3, 3, length).astype(dtype)
+    scale = qz.scale_for(4, 3.0, 32)
+    got = qz.quantize(x, scale, 32, np.random.default_rng(8))
+    np.testing.assert_array_equal(got, _reference_quantize(x, scale, 32, np.random.default_rng(8)))
+
+
+def test_a_non_finite_value_in_a_later_chunk_is_refused() -> None:
+    x = np.zeros(150_001)
+    x[140_000] = np.nan
+    with pytest.raises(qz.QuantizationError, match="NaN or infinite"):
+        qz.quantize(x, 1.0, 32, np.random.default_rng(0))
