@@ -155,7 +155,7 @@ class SecureProbe:
     def __init__(self) -> None:
         self.calls: list[MaskCall] = []
         self.unmask_spans: list[tuple[float, float]] = []
-        #: one (SiteRound, quantised input) kept to replay the masking on an idle machine
+        #: one (SiteRound, masked input) kept to replay the masking on an idle machine
         self.sample: tuple[SiteRound, np.ndarray] | None = None
         self._original_mask = SiteRound.__dict__["mask_words"]
         self._original_unmask = SecureSum.__dict__["unmask"]
@@ -176,9 +176,10 @@ class SecureProbe:
             probe.calls.append(MaskCall(site_round.site_id, threading.current_thread().name,
                                         start, end, cpu, n_masks * width * quantised.shape[0],
                                         n_masks, int(quantised.shape[0])))
-            # keep the largest input (a training round's, not the evaluation round's metrics)
-            if probe.sample is None or quantised.shape[0] >= probe.sample[1].shape[0]:
-                probe.sample = (site_round, quantised)
+            # keep the largest input (a training round's, not the evaluation round's metrics);
+            # a copy, as masking works in place (a larger shape first comes in the warm-up)
+            if probe.sample is None or quantised.shape[0] > probe.sample[1].shape[0]:
+                probe.sample = (site_round, out.copy())
             return out
 
         @functools.wraps(original_unmask)
@@ -205,11 +206,12 @@ class SecureProbe:
         """
         if self.sample is None:
             return None
-        site_round, quantised = self.sample
+        site_round, words = self.sample
         times = []
         for _ in range(repeats):
+            scratch = words.copy()  # masking works in place (any residues do for timing)
             start = time.thread_time()
-            self._original_mask(site_round, quantised)
+            self._original_mask(site_round, scratch)
             times.append(time.thread_time() - start)
         return median(times)
 

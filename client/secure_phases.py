@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,6 +30,7 @@ import numpy as np
 from fedtune.logs import log_event
 from fedtune.privacy.distributed_dp import site_encode
 from fedtune.privacy.input_encoding import InputEncoding, clip_update, encode
+from fedtune.privacy.masks import word_dtype
 from fedtune.privacy.secagg import RoundParameters, SecAggError, SiteRound
 from fedtune.privacy.signatures import (
     SignatureError,
@@ -56,8 +57,6 @@ class SecureState:
     accepted: _Accepted
     encoding: InputEncoding | None = None
     confirmed: bytes | None = None  # the survivors statement this site signed
-    #: for instrumentation (tests): the quantised input before masking
-    quantised: np.ndarray | None = field(default=None, repr=False)
 
 
 class SecureSiteMixin:
@@ -189,15 +188,14 @@ class SecureSiteMixin:
             update_part = site_encode(vector.astype(np.float64), dp,
                                       rotation_seed(accepted.offer.round_seed), rng)
             quantised = np.concatenate([update_part, encode(np.zeros(0), metric_values, enc,
-                                                            rng)])
+                                                            rng)]).astype(word_dtype(enc.bits))
         else:
             # w·clip(Δ, ±R) = clip(w·Δ, ±w·R): the bound the quantiser was scaled for
             bound = max(metrics.weight, 1.0) * enc.value_range
             clipped, n_clipped = clip_update(vector, bound)
-            quantised = encode(clipped, metric_values, enc, rng)
-        state.quantised = quantised
+            quantised = encode(clipped, metric_values, enc, rng, word=True)
         try:
-            masked = state.secrets.mask_words(quantised)
+            masked = state.secrets.mask_words(quantised)  # in place: quantised is now masked
         except SecAggError as exc:
             self._leave_round(ref, f"submit-input: {exc}")
             return

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .masks import word_dtype
 from .quantization import dequantize, quantize, scale_for
 
 COUNT_FIELDS = ("weight", "train_count", "eval_correct", "eval_count")
@@ -90,10 +91,12 @@ def clip_update(delta: np.ndarray, value_range: float) -> tuple[np.ndarray, int]
 
 
 def encode(weighted_update: np.ndarray, metrics: dict[str, float], enc: InputEncoding,
-           rng: np.random.Generator) -> np.ndarray:
+           rng: np.random.Generator, word: bool = False) -> np.ndarray:
     """Quantise ``[w·Δ | metrics]`` into Z_(2^bits) (uint64), clipping the update to
     ``±update_bound`` and the metrics to their caps. ``weighted_update`` (float32 or float64)
-    is never written."""
+    is never written. With ``word=True`` the residues come in the ring's accumulator word
+    (:func:`fedtune.privacy.masks.word_dtype`: uint32 up to 32 bits), which a site masks in
+    place and sends as it is."""
     if weighted_update.shape != (enc.length,):
         raise ValueError(f"update has shape {weighted_update.shape}, expected ({enc.length},)")
     update, _ = clip_update(weighted_update, enc.update_bound)
@@ -104,7 +107,8 @@ def encode(weighted_update: np.ndarray, metrics: dict[str, float], enc: InputEnc
 
     counts = np.round(bounded(COUNT_FIELDS))  # counts are integers by definition
     m, c = enc.length, len(COUNT_FIELDS)
-    out = np.empty(enc.total_length, dtype=np.uint64)  # each part is quantised in place
+    dtype = word_dtype(enc.bits) if word else np.uint64
+    out = np.empty(enc.total_length, dtype=dtype)  # each part is quantised in place
     quantize(update, enc.update_scale, enc.bits, rng, out=out[:m])
     quantize(counts, enc.count_scale, enc.bits, rng, out=out[m:m + c])
     quantize(bounded(LOSS_FIELDS), enc.loss_scale, enc.bits, rng, out=out[m + c:])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,11 @@ ZERO_COUNTER = bytes(BLOCK_BYTES)
 MIN_BITS = 1
 MAX_BITS = 62
 _CHUNK_BYTES = 1 << 18  # keystream written per update_into call (cache-sized)
+#: the plaintext CTR encrypts into keystream, shared read-only by every call and thread
+_ZEROS = memoryview(bytes(_CHUNK_BYTES))
+#: each thread's keystream scratch buffer (with update_into's 15 bytes of slack), kept across
+#: calls: a fresh one costs page faults on every mask
+_SCRATCH = threading.local()
 
 U64Array = npt.NDArray[np.uint64]
 
@@ -130,9 +136,9 @@ def accumulate_masks(acc: npt.NDArray[Any], keys: Sequence[tuple[bytes, bool]],
     per_chunk = _CHUNK_BYTES // width
     streams = [(Cipher(algorithms.AES(key), modes.CTR(ZERO_COUNTER)).encryptor(),
                 np.subtract if subtract else np.add) for key, subtract in keys]
-    buf = np.empty(per_chunk * width + BLOCK_BYTES - 1, dtype=np.uint8)
+    buf = _scratch()
     view = buf.data.cast("B")
-    zeros = memoryview(bytes(min(n * width, per_chunk * width)))
+    zeros = _ZEROS
     little = "<u4" if width == 4 else "<u8"
     for start in range(0, n, per_chunk):
         m = min(per_chunk, n - start)
@@ -241,11 +247,18 @@ def _keystream_into(
     which measured about twice as fast as one ``update()`` call for mask-sized outputs."""
     encryptor = Cipher(algorithms.AES(key), modes.CTR(counter_block)).encryptor()
     out = memoryview(buf).cast("B")
-    zeros = memoryview(bytes(min(n_bytes, _CHUNK_BYTES)))
+    zeros = _ZEROS
     for start in range(0, n_bytes, _CHUNK_BYTES):
         size = min(_CHUNK_BYTES, n_bytes - start)
         encryptor.update_into(zeros[:size], out[start : start + size + BLOCK_BYTES - 1])
     encryptor.finalize()
+
+
+def _scratch() -> npt.NDArray[np.uint8]:
+    buf: npt.NDArray[np.uint8] | None = getattr(_SCRATCH, "buf", None)
+    if buf is None:
+        buf = _SCRATCH.buf = np.empty(_CHUNK_BYTES + BLOCK_BYTES - 1, dtype=np.uint8)
+    return buf
 
 
 def _modulus_mask(bits: int) -> int:

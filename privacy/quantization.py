@@ -25,6 +25,7 @@ not a secret (masks hide the result), so a statistical generator is appropriate 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -68,32 +69,39 @@ def scale_for(n_summands: int, bound: float, bits: int) -> float:
 
 
 def quantize(x: npt.ArrayLike, scale: float, bits: int, rng: np.random.Generator,
-             out: U64Array | None = None) -> U64Array:
+             out: npt.NDArray[np.unsignedinteger[Any]] | None = None
+             ) -> npt.NDArray[np.unsignedinteger[Any]]:
     """Scale ``x``, round stochastically (unbiased), and encode as two's complement mod
     2^bits (uint64).
 
     The caller clips ``x`` to the bound given to :func:`scale_for`; this function only checks
     that each coordinate fits on its own (``|x|·scale + 1 <= 2^(bits-1) - 1``) and raises
     :class:`QuantizationError` otherwise, or for non-finite values. ``x`` may be float32 or
-    float64 (it is scaled in float64) and is never written. ``out``, a contiguous uint64 array
-    of ``x``'s shape, receives the result (a slice of a larger vector, say) and is returned;
-    after an error its contents are unspecified.
+    float64 (it is scaled in float64) and is never written. ``out``, a contiguous array of
+    ``x``'s shape, receives the result (a slice of a larger vector, say) and is returned;
+    after an error its contents are unspecified. It is uint64, or uint32 when ``bits <= 32``
+    (the word secure aggregation masks and sends, :func:`fedtune.privacy.masks.word_dtype`).
     """
     _check_bits(bits)
     _check_scale(scale)
     values = np.asarray(x)
     if values.dtype not in (np.float32, np.float64):
         values = values.astype(np.float64)
+    words = (np.uint64, np.uint32) if bits <= 32 else (np.uint64,)
     if out is None:
         out = np.empty(values.shape, dtype=np.uint64)
-    elif out.dtype != np.uint64 or out.shape != values.shape or not out.flags.c_contiguous:
-        raise QuantizationError(f"out must be a contiguous uint64 array of shape {values.shape}")
+    elif out.dtype not in words or out.shape != values.shape or not out.flags.c_contiguous:
+        names = " or ".join(np.dtype(w).name for w in words)
+        raise QuantizationError(f"out must be a contiguous {names} array of shape "
+                                f"{values.shape} at {bits} bits")
     limit = 2 ** (bits - 1) - 1
     flat_out = out.reshape(-1)  # a view: out is contiguous
     flat = values.reshape(-1)
-    signed = flat_out.view(np.int64)
     n = flat.shape[0]
     size = min(n, _CHUNK)
+    wide = flat_out.dtype == np.uint64
+    # int64 results go straight into a uint64 out; for a uint32 out, through a chunk buffer
+    signed = flat_out.view(np.int64) if wide else np.empty(size, dtype=np.int64)
     # floor(v) + [u < v - floor(v)], u uniform in [0, 1): unbiased. Worked chunk by chunk so
     # that the float64 temporaries stay in cache (masked input is the hot path of a secure
     # round; about 40 % less CPU time than whole-vector passes, measured); the generator's
@@ -118,13 +126,16 @@ def quantize(x: npt.ArrayLike, scale: float, bits: int, rng: np.random.Generator
                 f"|x|·scale reaches {peak:.6g}, beyond what {bits} bits hold after rounding "
                 f"({limit - 1}); clip x to the bound used for the scale, or lower the scale"
             )
-        q = signed[start:stop]
+        q = signed[start:stop] if wide else signed[:stop - start]
         np.floor(v, out=q, casting="unsafe")  # exact: |v| < 2^61 is an int64
         np.subtract(v, q, out=v)  # v now holds the fractional parts
         rng.random(out=u)
         np.less(u, v, out=up)
         np.add(q, up, out=q, casting="unsafe")
-    out &= np.uint64((1 << bits) - 1)
+        if not wide:  # int64 -> uint32 keeps the low 32 bits: the residue mod 2^32
+            np.copyto(flat_out[start:stop], q, casting="unsafe")
+    if bits < 8 * out.itemsize:
+        out &= out.dtype.type((1 << bits) - 1)
     return out
 
 

@@ -121,11 +121,6 @@ def _self_mask_key(p: RoundParameters, site: str, seed: bytes) -> bytes:
     return derive_key(seed, run_id=p.run_id, round_id=p.round_id, purpose="self-mask", site=site)
 
 
-def _pair_mask_key(p: RoundParameters, private_raw: bytes, me: str, peer: str,
-                   peer_public: bytes) -> bytes:
-    return _pair_mask_key_of(p, private_from_raw(private_raw), me, peer, peer_public)
-
-
 def _pair_mask_key_of(p: RoundParameters, private: X25519PrivateKey, me: str, peer: str,
                       peer_public: bytes) -> bytes:
     return derive_pair_key(private, peer_public, run_id=p.run_id, round_id=p.round_id,
@@ -201,28 +196,28 @@ class SiteRound:
     # -- phase 4: masked input -------------------------------------------------------------
 
     def mask(self, quantised: np.ndarray) -> np.ndarray:
-        """``x + PRG(b) + Σ ±PRG(s_uv)`` over the neighbours whose shares arrived (uint64)."""
-        words = self.mask_words(quantised)
-        return reduce_mod(words, self._require_params().bits)
+        """``x + PRG(b) + Σ ±PRG(s_uv)`` over the neighbours whose shares arrived (uint64).
+        ``quantised`` (residues mod 2^bits) is not written."""
+        words = quantised.astype(word_dtype(self._require_params().bits))
+        return reduce_mod(self.mask_words(words), self._require_params().bits)
 
-    def mask_words(self, quantised: np.ndarray) -> np.ndarray:
-        """As :meth:`mask`, in the ring's accumulator word (:func:`word_dtype`: uint32 up to
-        32 bits, which is the wire format there, so the site sends it without another copy).
-        ``quantised`` (residues mod 2^bits) is never written."""
+    def mask_words(self, words: np.ndarray) -> np.ndarray:
+        """As :meth:`mask`, **in place** on residues held in the ring's accumulator word
+        (:func:`word_dtype`: uint32 up to 32 bits, the wire format, so the site sends the
+        result without another copy); returns ``words``, now the masked input."""
         p = self._require_params()
         if len(self.held) < p.threshold - 1:
             raise SecAggError(f"only {len(self.held)} neighbours shared keys; the round cannot "
                               f"reach the threshold {p.threshold}")
-        acc = quantised.astype(word_dtype(p.bits))  # a copy: quantised values are < 2^bits
-        own = private_to_raw(self.masking.private)
         self.mask_peers = tuple(sorted(self.held))
         keys = [(_self_mask_key(p, self.site_id, self.self_seed), False)]
-        keys += [(_pair_mask_key(p, own, self.site_id, peer, self.peer_keys[peer][1]),
-                  self.site_id > peer) for peer in self.mask_peers]
-        accumulate_masks(acc, keys, p.bits)
-        if p.bits < 8 * acc.itemsize:  # at 32 bits uint32's own wrap-around is the reduction
-            acc &= acc.dtype.type((1 << p.bits) - 1)
-        return acc
+        keys += [(_pair_mask_key_of(p, self.masking.private, self.site_id, peer,
+                                    self.peer_keys[peer][1]), self.site_id > peer)
+                 for peer in self.mask_peers]
+        accumulate_masks(words, keys, p.bits)
+        if p.bits < 8 * words.itemsize:  # at 32 bits uint32's own wrap-around is the reduction
+            words &= words.dtype.type((1 << p.bits) - 1)
+        return words
 
     # -- phase 5: consistency check and unmask ---------------------------------------------
 

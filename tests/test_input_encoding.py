@@ -69,6 +69,32 @@ def test_a_float32_update_encodes_as_its_float64_value() -> None:
     assert sums["train_count"] == 40 and abs(sums["eval_loss_sum"] - 3.25) < 1 / enc.loss_scale
 
 
+def test_encode_in_the_ring_word_is_the_same_residues() -> None:
+    enc = _encoding(1000)
+    update = np.random.default_rng(5).uniform(-1.0, 1.0, 1000)
+    wide = encode(update, METRICS, enc, np.random.default_rng(6))
+    words = encode(update, METRICS, enc, np.random.default_rng(6), word=True)
+    assert words.dtype == np.uint32
+    np.testing.assert_array_equal(words.astype(np.uint64), wide)
+
+
+@pytest.mark.parametrize("bits", [32, 12])
+def test_quantize_into_a_uint32_out_gives_the_uint64_residues(bits: int) -> None:
+    x = np.random.default_rng(7).uniform(-1, 1, 70_000)  # crosses a chunk boundary
+    scale = qz.scale_for(3, 1.0, bits)
+    wide = qz.quantize(x, scale, bits, np.random.default_rng(1))
+    narrow = qz.quantize(x, scale, bits, np.random.default_rng(1),
+                         out=np.empty(70_000, dtype=np.uint32))
+    assert narrow.dtype == np.uint32
+    np.testing.assert_array_equal(narrow.astype(np.uint64), wide)
+
+
+def test_a_uint32_out_is_refused_above_32_bits() -> None:
+    with pytest.raises(qz.QuantizationError, match="uint64 array of shape \\(3,\\) at 40 bits"):
+        qz.quantize(np.zeros(3), 1.0, 40, np.random.default_rng(0),
+                    out=np.zeros(3, dtype=np.uint32))
+
+
 def test_quantize_writes_into_out_and_returns_it() -> None:
     x = np.array([0.5, -0.25, 1.0])
     out = np.full(5, 7, dtype=np.uint64)
@@ -81,5 +107,5 @@ def test_quantize_writes_into_out_and_returns_it() -> None:
                                  np.zeros(6, dtype=np.uint64)[::2]],
                          ids=["dtype", "shape", "strided"])
 def test_quantize_refuses_an_unfit_out(out: np.ndarray) -> None:
-    with pytest.raises(qz.QuantizationError, match="out must be a contiguous uint64 array"):
+    with pytest.raises(qz.QuantizationError, match="out must be a contiguous uint64 or uint32"):
         qz.quantize(np.zeros(3), 1.0, 8, np.random.default_rng(0), out=out)
