@@ -41,7 +41,7 @@ Part 1, per registry model (``minilm-lora``; ``smollm2-lora`` when it is in the 
 
 Part 2, ``minilm-lora`` on Rotten Tomatoes (``--sites`` sites split by movie)
     The bundled split (``fedtune.datasets.write_split``, partition ``institution``: whole
-    movies per site, balanced), each site's file capped at ``--examples-per-site`` reviews
+    movies per site, balanced), each site's whole share unless ``--examples-per-site`` caps it
     (:func:`fedtune.subsample.subsample_split`, seeded). Every site keeps ``eval_fraction`` of
     its reviews as held-out data (:func:`fedtune.client.data.train_eval_split`, the job's
     seed); **every variant is scored on the union of those held-out splits**, and trained on
@@ -375,7 +375,7 @@ class Settings:
     """The federated-accuracy experiment; the same for every variant."""
 
     sites: int
-    examples_per_site: int
+    examples_per_site: int | None  # None: each site keeps its whole share
     tokens: int
     rounds: int
     local_epochs: int
@@ -449,7 +449,8 @@ def prepare(root: Path, s: Settings, private: bool):  # -> LocalFederation
     fed = lf.prepare(root, dataset="rotten-tomatoes", n_sites=s.sites, partition="institution",
                      seed=s.split_seed, job=job_table(s, private),
                      policy=policy_table(s, private))
-    subsample_split(root / "data", s.examples_per_site, seed=s.split_seed)
+    if s.examples_per_site is not None:
+        subsample_split(root / "data", s.examples_per_site, seed=s.split_seed)
     return fed
 
 
@@ -722,8 +723,10 @@ def target_checks(accuracy: dict[str, Any]) -> dict[str, Any]:
 def print_accuracy(acc: dict[str, Any]) -> dict[str, Any]:
     s = acc["settings"]
     data = acc["data"]
-    print(f"\nPart 2 — accuracy on Rotten Tomatoes: {s['sites']} sites split by movie, at most "
-          f"{s['examples_per_site']} reviews each ({data['train']} training, "
+    cap = s["examples_per_site"]
+    share = f"at most {cap} reviews each" if cap is not None else "each its whole share"
+    print(f"\nPart 2 — accuracy on Rotten Tomatoes: {s['sites']} sites split by movie, {share} "
+          f"({data['train']} training, "
           f"{data['held_out']} held-out = the union of the sites' eval splits, "
           f"{data['held_out_fresh_share']:.1%} fresh); minilm-lora, {s['tokens']} tokens, "
           f"Adam, batch {s['batch_size']}")
@@ -825,8 +828,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="memory probe: steps measured (default 2)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--examples-per-site", type=int, default=2000,
-                        help="cap on each site's reviews (default 2000)")
+    parser.add_argument("--examples-per-site", type=int, default=None,
+                        help="cap on each site's reviews (default: none, each site keeps its "
+                             "whole share of the 12,808, about 4,300)")
     parser.add_argument("--tokens", type=int, default=48,
                         help="Part 2: token positions per review (default 48: 96%% fit)")
     parser.add_argument("--rounds", type=int, default=3)
