@@ -72,7 +72,7 @@ def quantize(x: npt.ArrayLike, scale: float, bits: int, rng: np.random.Generator
              out: npt.NDArray[np.unsignedinteger[Any]] | None = None
              ) -> npt.NDArray[np.unsignedinteger[Any]]:
     """Scale ``x``, round stochastically (unbiased), and encode as two's complement mod
-    2^bits (uint64).
+    2^bits (uint64, or ``out``'s word).
 
     The caller clips ``x`` to the bound given to :func:`scale_for`; this function only checks
     that each coordinate fits on its own (``|x|·scale + 1 <= 2^(bits-1) - 1``) and raises
