@@ -267,3 +267,27 @@ def test_accumulating_masks_checks_every_key_before_writing() -> None:
     with pytest.raises(masks.MaskError, match="32 bytes"):
         masks.accumulate_masks(acc, [(bytes(32), False), (bytes(31), False)], 32)
     np.testing.assert_array_equal(acc, np.arange(10, dtype=np.uint32))
+
+
+def test_threads_masking_at_once_get_their_own_masks() -> None:
+    # accumulate_masks keeps one scratch buffer per thread: sites that mask concurrently (the
+    # benchmark's site threads) must not see each other's keystream
+    import threading
+
+    length = 200_000  # several chunks each
+    keys = [[(bytes([t + 1, i]) * 16, i % 2 == 1) for i in range(5)] for t in range(4)]
+    expected = []
+    for ks in keys:
+        acc = np.zeros(length, dtype=np.uint32)
+        for key, subtract in ks:
+            masks.accumulate_mask(acc, key, 32, subtract=subtract)
+        expected.append(acc)
+    results = [np.zeros(length, dtype=np.uint32) for _ in keys]
+    threads = [threading.Thread(target=masks.accumulate_masks, args=(results[t], keys[t], 32))
+               for t in range(len(keys))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for got, want in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
