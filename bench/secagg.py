@@ -2,10 +2,12 @@
 
 What it runs, for every (sites n, parameters m), in one invocation
     1. **fedtune plain**: the real coordinator (``fedtune.server.app.start``, this process,
-       insecure loopback, port 0) and ``n`` real site agents as threads of this process over
-       real loopback gRPC, training switched off (``ZeroWorkSite`` of
-       ``bench/round_overhead.py``: ``compute_input`` returns a fixed float32 vector);
-       ``secure_aggregation.enabled = false``.
+       insecure loopback, port 0) and ``n`` real site agents over real loopback gRPC, training
+       switched off (``ZeroWorkSite`` of ``bench/round_overhead.py``: ``compute_input``
+       returns a fixed float32 vector); ``secure_aggregation.enabled = false``. Each site is
+       its own process, as deployed (``--sites-as processes``, the default; they share this
+       machine's cores with the coordinator), or all are threads of the coordinator's process
+       (``--sites-as threads``: one GIL for every site and the coordinator).
     2. **fedtune secure**: the same, with ``secure_aggregation.enabled = true``: the federation
        written by ``fedtune.local_federation.prepare`` (coordinator identity key, the sites'
        ``peers.toml``), defaults t = ⌊n/2⌋+1, k = the default neighbour degree, b = 32.
@@ -22,7 +24,7 @@ What it reports (medians over the measured rounds, after one warm-up round)
       ``Flower overhead ÷ fedtune overhead`` (“× less overhead than Flower”);
     * bytes one fedtune site uploads per parameter in secure mode (its ``InputChunk``
       stream), and with every other secure-phase request added;
-    * masking vs the keystream bound: CPU time a site thread spends in
+    * masking vs the keystream bound: CPU time a site's thread spends in
       ``SiteRound.mask_words`` ÷ (cipher bytes it expanded ÷ raw AES-256-CTR rate from
       ``fedtune.privacy.masks.keystream_bytes_per_second``, measured in the same run).
 
@@ -92,6 +94,7 @@ TARGET_UPLOAD_BYTES_PER_PARAM = 4.1  # at b = 32
 BITS = 32
 
 RESULTS = Path(__file__).resolve().parent / "results" / "secagg.json"
+STARTUP_S = 600.0  # at most, for all site processes to import and build their agents
 SKIPPED = "skipped (budget)"
 #: Flower's SecAggPlusWorkflow defaults we keep (its num_shares and reconstruction_threshold
 #: have no default; they are set per n to fedtune's k + 1 and t, see flower_parameters)
@@ -253,14 +256,66 @@ def fedtune_job(n: int, input_dim: int, hidden: int, training_rounds: int, secur
     return job
 
 
-def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_s: float
-                ) -> dict[str, Any]:
-    """One fedtune run (plain or secure) of ``1 + measured_rounds`` training rounds."""
+@dataclass(frozen=True)
+class SiteSpec:
+    """What a site process needs to build its ``ZeroWorkSite`` (all picklable)."""
+
+    coordinator: str
+    site_id: str
+    key: Path
+    peers: Path | None
+    size: int
+    input_dim: int
+    seed: int
+    report: Path  # the JSON the process writes when it stops
+    replay: bool  # this one also replays its masking alone, once the others have exited
+
+
+def site_process(spec: SiteSpec, ready: Any, stop: Any, replay_go: Any) -> None:
+    """A site agent in its own process (multiprocessing "spawn"), as deployed: it runs
+    until ``stop`` is set, then writes what the parent cannot see from outside (its traffic,
+    its ``mask_words`` calls, its warnings) to ``spec.report``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import secagg  # this file under its own name, so that the fedtune imports above run
+
+    secagg.run_site(spec, ready, stop, replay_go)
+
+
+def run_site(spec: SiteSpec, ready: Any, stop: Any, replay_go: Any) -> None:
+    probe = SecureProbe()
+    with captured_events("fedtune.site", logging.WARNING) as site_events, probe.installed():
+        agent = ZeroWorkSite(SiteAgentConfig(
+            coordinator=spec.coordinator, site_id=spec.site_id, identity=load_identity(spec.key),
+            data_path=spec.report.with_suffix(".unused.csv"),
+            policy=PolicyConfig(("tabular-mlp",)), give_up_after_s=30.0,
+            peers=load_peers(spec.peers) if spec.peers is not None else None),
+            spec.size, spec.input_dim, seed=spec.seed, recorder=Recorder())
+        thread = threading.Thread(target=agent.run, name=spec.site_id, daemon=True)
+        ready.release()
+        thread.start()
+        stop.wait()
+        agent.stop()
+        thread.join(timeout=10)
+    report: dict[str, Any] = {
+        "input_bytes": agent.traffic.input_bytes, "other_sent": agent.traffic.other_sent,
+        "mask_calls": [asdict(c) for c in probe.calls],
+        "site_warnings": [{"event": e, **{k: str(v) for k, v in f.items()}}
+                          for _, e, f, _ in site_events.events]}
+    if spec.replay and replay_go.wait(timeout=60):
+        report["mask_replay_s"] = probe.replay_mask_s()
+    spec.report.write_text(json.dumps(report))
+
+
+def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_s: float,
+                sites_as: str = "processes") -> dict[str, Any]:
+    """One fedtune run (plain or secure) of ``1 + measured_rounds`` training rounds, its
+    sites as processes (as deployed) or as threads of this process (``sites_as``)."""
     input_dim, hidden, size = mlp_for(target)
     warmup = 1
     training_rounds = warmup + measured_rounds
     probe = SecureProbe()
-    result: dict[str, Any] = {"mode": "secure" if secure else "plain", "warmup_rounds": warmup}
+    result: dict[str, Any] = {"mode": "secure" if secure else "plain", "warmup_rounds": warmup,
+                              "sites_as": sites_as}
     with tempfile.TemporaryDirectory(prefix="fedtune-secagg-bench-") as tmp, \
             captured_events("fedtune.server", logging.INFO) as events, \
             captured_events("fedtune.site", logging.WARNING) as site_events, \
@@ -275,18 +330,15 @@ def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_
         initial = running.coordinator.params.copy()
         if int(initial.size) != size:
             raise AssertionError(f"parameter count {initial.size} != {size}")
-        agents = [ZeroWorkSite(SiteAgentConfig(
-            coordinator=f"{HOST}:{running.port}", site_id=s.site_id,
-            identity=load_identity(s.key), data_path=root / "unused.csv",
-            policy=PolicyConfig(("tabular-mlp",)), give_up_after_s=30.0,
-            peers=peers if secure else None), size, input_dim, seed=i, recorder=Recorder())
-            for i, s in enumerate(fed_files.sites)]
-        threads = [threading.Thread(target=a.run, name=a.config.site_id, daemon=True)
-                   for a in agents]
-        started = time.perf_counter()
+        address = f"{HOST}:{running.port}"
+        specs = [SiteSpec(address, s.site_id, s.key, fed_files.peers if secure else None, size,
+                          input_dim, i, root / f"{s.site_id}.report.json", replay=i == 0)
+                 for i, s in enumerate(fed_files.sites)]
+        sites = (ProcessSites(specs) if sites_as == "processes"
+                 else ThreadSites(specs, peers, probe))
         try:
-            for t in threads:
-                t.start()
+            sites.start()
+            started = time.perf_counter()  # the budget counts from here (processes: ready)
             finished = running.wait(timeout=budget_s)
             result["run_wall_s"] = time.perf_counter() - started
             result["finished"] = finished
@@ -295,15 +347,13 @@ def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_
             final = running.coordinator.params.copy()
             completed = running.coordinator.completed_rounds
         finally:
-            for a in agents:
-                a.stop()
-            running.stop(grace=0.5)
-            for t in threads:
-                t.join(timeout=10)
+            reports = sites.stop(running)
         event_list = list(events.events)
         # connection_lost / request_refused as the coordinator stops are expected at the end
         result["site_warnings"] = [{"event": e, **{k: str(v) for k, v in f.items()}}
                                    for _, e, f, _ in site_events.events]
+        result["site_warnings"] += [w for r in reports for w in r["site_warnings"]]
+    probe.calls += [MaskCall(**c) for r in reports for c in r["mask_calls"]]
     stats = _fedtune_round_stats(event_list, warmup, probe, secure)
     result.update(stats)
     if not result["finished"]:
@@ -313,14 +363,15 @@ def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_
             return result
     # FedAvg with server learning rate 1 and uniform weights: every completed training round
     # moves the model by the mean site update (within quantisation in secure mode).
-    expected = initial + completed * np.mean([a._vector.astype(np.float64) for a in agents],
-                                             axis=0)
+    # (ZeroWorkSite's fixed vector is update_vector(size, seed): recomputed here)
+    expected = initial + completed * np.mean(
+        [update_vector(size, spec.seed).astype(np.float64) for spec in specs], axis=0)
     result["aggregate_max_abs_error"] = float(np.max(np.abs(final - expected)))
     result["training_rounds_completed"] = completed
-    per_site_input = [a.traffic.input_bytes[r] for a in agents for r in stats["round_ids"]
-                      if r in a.traffic.input_bytes]
-    rounds_seen = max(len(a.traffic.input_bytes) for a in agents) or 1
-    other = median([a.traffic.other_sent / rounds_seen for a in agents])
+    inputs = [{int(r): b for r, b in report["input_bytes"].items()} for report in reports]
+    per_site_input = [sent[r] for sent in inputs for r in stats["round_ids"] if r in sent]
+    rounds_seen = max(len(sent) for sent in inputs) or 1
+    other = median([report["other_sent"] / rounds_seen for report in reports])
     input_bytes = median([float(b) for b in per_site_input])
     result["bytes"] = {
         "input_chunk_bytes_per_site_round": input_bytes,
@@ -329,8 +380,82 @@ def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_
         "upload_bytes_per_param_with_requests": (input_bytes + other) / size,
     }
     if secure:
-        result["mask_replay_s"] = probe.replay_mask_s()
+        result["mask_replay_s"] = next((r["mask_replay_s"] for r in reports
+                                        if "mask_replay_s" in r), None)
     return result
+
+
+class ThreadSites:
+    """The sites as threads of this process (one GIL for all of them and the coordinator);
+    ``probe``, installed in this process, sees their masking."""
+
+    def __init__(self, specs: list[SiteSpec], peers: Any, probe: SecureProbe) -> None:
+        self.probe = probe
+        self.agents = [ZeroWorkSite(SiteAgentConfig(
+            coordinator=s.coordinator, site_id=s.site_id, identity=load_identity(s.key),
+            data_path=s.report.with_suffix(".unused.csv"),
+            policy=PolicyConfig(("tabular-mlp",)), give_up_after_s=30.0,
+            peers=peers if s.peers is not None else None), s.size, s.input_dim, seed=s.seed,
+            recorder=Recorder()) for s in specs]
+        self.threads = [threading.Thread(target=a.run, name=a.config.site_id, daemon=True)
+                        for a in self.agents]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self, running: Any) -> list[dict[str, Any]]:
+        for a in self.agents:
+            a.stop()
+        running.stop(grace=0.5)
+        for t in self.threads:
+            t.join(timeout=10)
+        reports: list[dict[str, Any]] = [
+            {"input_bytes": a.traffic.input_bytes, "other_sent": a.traffic.other_sent,
+             "mask_calls": [], "site_warnings": []} for a in self.agents]
+        reports[0]["mask_replay_s"] = self.probe.replay_mask_s()
+        return reports
+
+
+class ProcessSites:
+    """The sites as processes ("spawn"), one each, as deployed: each has its own
+    interpreter, and they share this machine's cores with the coordinator."""
+
+    def __init__(self, specs: list[SiteSpec]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.specs = specs
+        self.stop_event, self.replay_go = ctx.Event(), ctx.Event()
+        self.ready = ctx.Semaphore(0)
+        self.processes = [ctx.Process(target=site_process, args=(s, self.ready, self.stop_event,
+                                                                 self.replay_go),
+                                      name=s.site_id, daemon=True) for s in specs]
+
+    def start(self) -> None:
+        """Start every site and wait until all have imported and built their agent (seconds
+        of CPU each, mostly imports): the run's budget counts from here."""
+        for p in self.processes:
+            p.start()
+        for p in self.processes:
+            if not self.ready.acquire(timeout=STARTUP_S):
+                raise RuntimeError(f"a site process was not ready within {STARTUP_S:g} s")
+
+    def stop(self, running: Any) -> list[dict[str, Any]]:
+        self.stop_event.set()
+        running.stop(grace=0.5)
+        started = [(s, p) for s, p in zip(self.specs, self.processes, strict=True)
+                   if p.pid is not None]
+        for spec, p in started:
+            if not spec.replay:
+                p.join(timeout=30)
+        self.replay_go.set()  # the replay runs with no other site left
+        for _, p in started:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+        missing = [s.site_id for s in self.specs if not s.report.exists()]
+        if missing:
+            raise RuntimeError(f"site process(es) {', '.join(missing)} wrote no report")
+        return [json.loads(s.report.read_text()) for s in self.specs]
 
 
 def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]], warmup: int,
@@ -394,7 +519,7 @@ def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]
 
 
 def flower_worker(n: int, size: int, measured_rounds: int, shares: dict[str, int],
-                  out: Any) -> None:
+                  out: Any, nodes_as: str = "threads") -> None:
     """Child process: plain Flower rounds, then SecAgg+ rounds; one queue item per round.
 
     Runs in its own process so that the parent can stop it at the configuration's time
@@ -402,21 +527,78 @@ def flower_worker(n: int, size: int, measured_rounds: int, shares: dict[str, int
     memory stay out of the fedtune measurements.
     """
     try:
-        _flower_rounds(n, size, measured_rounds, shares, out)
+        _flower_rounds(n, size, measured_rounds, shares, out, nodes_as)
     except BaseException:  # noqa: BLE001  (report it to the parent, which prints it)
         out.put(("error", traceback.format_exc()))
     out.put(("done", None))
 
 
+def _flower_identity() -> None:
+    """What flwr.server.compat.app sets before a ServerApp runs (Message() reads it)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+
+
+def _flower_client_app(size: int, updates: dict[int, np.ndarray], secure: bool) -> Any:
+    """The ``ClientApp`` every node runs: a ``NumPyClient`` returning the received
+    parameters plus its fixed update, wrapped in ``secaggplus_mod`` in secure mode."""
+    from flwr.client import NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.clientapp import ClientApp
+
+    initial = np.zeros(size, dtype=np.float32)
+    # num_examples = max_weight: equal weights, and Flower's weight factor (num_examples ÷
+    # max_weight, quantised to 2^22 levels and multiplied into the update before quantising)
+    # is 1, so the small fixed updates keep their precision under the default ranges.
+    examples = int(FLOWER_DEFAULTS["max_weight"])
+
+    class ConstantClient(NumPyClient):  # type: ignore[misc]
+        def __init__(self, node_id: int) -> None:
+            self.node_id = node_id
+
+        def get_parameters(self, config: Any) -> list[np.ndarray]:
+            return [initial]
+
+        def fit(self, parameters: list[np.ndarray], config: Any
+                ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+            # a new model = the received one + a fixed update, as after local training
+            return [parameters[0] + updates[self.node_id]], examples, {}
+
+    def client_fn(context: Any) -> Any:
+        return ConstantClient(context.node_id).to_client()
+
+    return ClientApp(client_fn=client_fn, mods=[secaggplus_mod] if secure else [])
+
+
+def flower_node(node_id: int, index: int, size: int, secure: bool, conn: Any) -> None:
+    """One Flower node in its own process (``--sites-as processes``): its ClientApp and its
+    Context, answering each wire-encoded message from ``conn`` with the wire-encoded reply,
+    until it receives an empty message."""
+    import uuid
+
+    from flwr.app import Context, RecordDict
+    from flwr.common.serde import message_from_proto, message_to_proto
+    from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    _flower_identity()
+    client_app = _flower_client_app(size, {node_id: update_vector(size, index)}, secure)
+    context = Context(run_id=1, node_id=node_id, node_config={}, state=RecordDict(),
+                      run_config={})
+    conn.send_bytes(b"ready")
+    while wire := conn.recv_bytes():
+        reply = client_app(message_from_proto(ProtoMessage.FromString(wire)), context)
+        reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as a SuperLink does
+        conn.send_bytes(message_to_proto(reply).SerializeToString())
+
+
 def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, int],
-                   out: Any) -> None:
+                   out: Any, nodes_as: str) -> None:
     import uuid
     from concurrent.futures import ThreadPoolExecutor
 
     from flwr.app import ConfigRecord, Context, Message, RecordDict
-    from flwr.client import NumPyClient
-    from flwr.client.mod import secaggplus_mod
-    from flwr.clientapp import ClientApp
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.common.serde import message_from_proto, message_to_proto
     from flwr.compat.common import recorddict_compat as compat
@@ -431,12 +613,10 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, in
     from flwr.server.workflow.constant import Key as WorkflowKey
     from flwr.server.workflow.default_workflows import default_fit_workflow
     from flwr.serverapp.grid import Grid
-    from flwr.supercore.task_identity import TaskIdentity
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    # What flwr.server.compat.app sets before a ServerApp runs (Message() reads it).
     run_id, server_node = 1, 1  # SUPERLINK_NODE_ID
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, server_node
+    _flower_identity()
 
     class DirectGrid(Grid):
         """A Grid that hands each message straight to its node's ClientApp.
@@ -446,10 +626,13 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, in
         workflow reuses one RecordDict for all nodes and ``secaggplus_mod`` edits what it
         receives, so handing over the same object would be wrong. The messages of one
         ``send_and_receive`` run in a thread pool, one thread per node, as fedtune's sites.
+        With ``--sites-as processes`` each node is a process of its own (``flower_node``),
+        and the bytes travel through a pipe to it and back.
         """
 
-        def __init__(self, nodes: dict[int, tuple[Any, Any]]) -> None:
-            self.nodes = nodes
+        def __init__(self, nodes: dict[int, Any], in_processes: bool) -> None:
+            self.nodes = nodes  # node id -> (ClientApp, Context), or a pipe to its process
+            self.in_processes = in_processes
             self.pool = ThreadPoolExecutor(max_workers=len(nodes))
             self.sent = self.received = 0
             self.received_train: dict[int, int] = {}
@@ -478,15 +661,18 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, in
         def _deliver(self, message: Any) -> Any:
             message.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as a SuperLink does
             wire = message_to_proto(message).SerializeToString()
-            inbound = message_from_proto(ProtoMessage.FromString(wire))
-            client_app, context = self.nodes[inbound.metadata.dst_node_id]
-            reply = client_app(inbound, context)
-            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            back = message_to_proto(reply).SerializeToString()
+            node = message.metadata.dst_node_id
+            if self.in_processes:
+                self.nodes[node].send_bytes(wire)
+                back = self.nodes[node].recv_bytes()
+            else:
+                client_app, context = self.nodes[node]
+                reply = client_app(message_from_proto(ProtoMessage.FromString(wire)), context)
+                reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+                back = message_to_proto(reply).SerializeToString()
             with self._lock:
                 self.sent += len(wire)
                 self.received += len(back)
-                node = inbound.metadata.dst_node_id
                 self.received_train[node] = max(self.received_train.get(node, 0), len(back))
             return message_from_proto(ProtoMessage.FromString(back))
 
@@ -497,33 +683,27 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, in
     updates = {nid: update_vector(size, i) for i, nid in enumerate(node_ids)}
     expected_mean = np.mean([u.astype(np.float64) for u in updates.values()], axis=0)
     initial = np.zeros(size, dtype=np.float32)
-    # num_examples = max_weight: equal weights, and Flower's weight factor (num_examples ÷
-    # max_weight, quantised to 2^22 levels and multiplied into the update before quantising)
-    # is 1, so the small fixed updates keep their precision under the default ranges.
-    examples = int(FLOWER_DEFAULTS["max_weight"])
 
-    class ConstantClient(NumPyClient):  # type: ignore[misc]
-        def __init__(self, node_id: int) -> None:
-            self.node_id = node_id
-
-        def get_parameters(self, config: Any) -> list[np.ndarray]:
-            return [initial]
-
-        def fit(self, parameters: list[np.ndarray], config: Any
-                ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-            # a new model = the received one + a fixed update, as after local training
-            return [parameters[0] + updates[self.node_id]], examples, {}
-
-    def client_fn(context: Any) -> Any:
-        return ConstantClient(context.node_id).to_client()
-
+    in_processes = nodes_as == "processes"
     for mode in ("plain", "secure"):
-        client_app = ClientApp(client_fn=client_fn,
-                               mods=[secaggplus_mod] if mode == "secure" else [])
-        nodes = {nid: (client_app, Context(run_id=run_id, node_id=nid, node_config={},
-                                            state=RecordDict(), run_config={}))
-                 for nid in node_ids}
-        grid = DirectGrid(nodes)
+        if in_processes:  # fresh node processes per mode, as fresh contexts in-process
+            ctx = multiprocessing.get_context("spawn")
+            pipes = {nid: ctx.Pipe() for nid in node_ids}
+            children = [ctx.Process(target=flower_node, name=f"flower-node-{nid}", daemon=True,
+                                    args=(nid, i, size, mode == "secure", pipes[nid][1]))
+                        for i, nid in enumerate(node_ids)]
+            for child in children:
+                child.start()
+            nodes: dict[int, Any] = {nid: pipes[nid][0] for nid in node_ids}
+            for conn in nodes.values():
+                conn.recv_bytes()  # "ready": imported and built
+            out.put(("ready", mode))  # the parent's budget counts from here
+        else:
+            client_app = _flower_client_app(size, updates, mode == "secure")
+            nodes = {nid: (client_app, Context(run_id=run_id, node_id=nid, node_config={},
+                                                state=RecordDict(), run_config={}))
+                     for nid in node_ids}
+        grid = DirectGrid(nodes, in_processes)
         strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n,
                           min_available_clients=n,
                           initial_parameters=ndarrays_to_parameters([initial]))
@@ -561,15 +741,26 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, in
                                "bytes_to_clients": grid.sent,
                                "bytes_from_clients": grid.received}))
         grid.pool.shutdown()
+        if in_processes:
+            for conn in nodes.values():
+                conn.send_bytes(b"")
+            for child in children:
+                child.join(timeout=10)
 
 
-def run_flower(n: int, size: int, measured_rounds: int, budget_s: float) -> dict[str, Any]:
-    """Plain Flower and SecAgg+ rounds in a child process, stopped at ``budget_s``."""
+def run_flower(n: int, size: int, measured_rounds: int, budget_s: float,
+               nodes_as: str = "threads") -> dict[str, Any]:
+    """Plain Flower and SecAgg+ rounds in a child process, stopped at ``budget_s``; its
+    nodes are threads of that process or processes of their own (``nodes_as``), and with
+    processes the budget counts from when they are all ready."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     shares = flower_parameters(n)
-    child = ctx.Process(target=flower_worker, args=(n, size, measured_rounds, shares, out),
-                        name="flower-bench", daemon=True)
+    # not a daemon: it may start node processes. It is stopped below (terminate, then kill)
+    # at the budget; its nodes then see their pipe close and exit.
+    child = ctx.Process(target=flower_worker,
+                        args=(n, size, measured_rounds, shares, out, nodes_as),
+                        name="flower-bench", daemon=False)
     start = time.perf_counter()
     child.start()
     rounds: list[dict[str, Any]] = []
@@ -586,7 +777,9 @@ def run_flower(n: int, size: int, measured_rounds: int, budget_s: float) -> dict
                 error = error or f"the Flower process exited with code {child.exitcode}"
                 break
             continue
-        if kind == "round":
+        if kind == "ready":  # node processes started and built: not part of the budget
+            start = time.perf_counter() - sum(r["round_s"] for r in rounds)
+        elif kind == "round":
             rounds.append(payload)
         elif kind == "error":
             error = payload
@@ -600,6 +793,7 @@ def run_flower(n: int, size: int, measured_rounds: int, budget_s: float) -> dict
         child.kill()
         child.join(timeout=5)
     result: dict[str, Any] = {"wall_s": wall, "finished": done and error is None,
+                              "nodes_as": nodes_as,
                               "parameters": {**shares, **FLOWER_DEFAULTS}}
     if error:
         result["error"] = error
@@ -634,7 +828,7 @@ def flower_available() -> str | None:
 
 
 def run_configuration(n: int, target: int, rounds: int, budget_s: float, with_flower: bool,
-                      skip: set[str]) -> dict[str, Any]:
+                      skip: set[str], sites_as: str = "processes") -> dict[str, Any]:
     input_dim, hidden, size = mlp_for(target)
     t, k = secagg_shape(n)
     r: dict[str, Any] = {"sites": n, "params_target": target, "params": size,
@@ -648,7 +842,7 @@ def run_configuration(n: int, target: int, rounds: int, budget_s: float, with_fl
             continue
         t0, load0 = time.perf_counter(), _load()
         try:
-            r[system] = run_fedtune(n, target, rounds, secure, budget_s)
+            r[system] = run_fedtune(n, target, rounds, secure, budget_s, sites_as)
         except Exception as exc:  # noqa: BLE001  (report it, run the other configurations)
             r[system] = {"error": f"{type(exc).__name__}: {exc}"}
         r[system]["config_wall_s"] = time.perf_counter() - t0
@@ -667,7 +861,7 @@ def run_configuration(n: int, target: int, rounds: int, budget_s: float, with_fl
                        "secure": {"skipped": SKIPPED}}
     else:
         load0 = _load()
-        r["flower"] = run_flower(n, size, rounds, budget_s)
+        r["flower"] = run_flower(n, size, rounds, budget_s, sites_as)
         r["flower"]["load_1min"] = [load0, _load()]
         for mode in ("plain", "secure"):
             _progress(n, f"flower_{mode}", r["flower"][mode])
@@ -780,11 +974,14 @@ def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
 
 
-def print_report(results: list[dict[str, Any]], rounds: int) -> None:
+def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> None:
     print()
+    where = ("one process each" if sites_as == "processes"
+             else "threads of the coordinator's process")
     print(f"Seconds per round (median of {rounds} rounds after 1 warm-up; * = fewer rounds fit "
-          "the budget). fedtune: real coordinator + site threads over loopback gRPC, training "
-          "off. Flower: SecAggPlusWorkflow / default_fit_workflow through an in-process grid.")
+          f"the budget). fedtune: real coordinator + site agents ({where}) over loopback gRPC, "
+          "training off. Flower: SecAggPlusWorkflow / default_fit_workflow through an "
+          "in-process grid.")
     header = ("sites", "params", "t/k", "ft plain", "ft secure", "secure÷plain", "ft overhead",
               "flwr plain", "flwr SecAgg+", "flwr overhead", "× less overhead",
               "up B/param", "mask ÷ bound")
@@ -864,9 +1061,12 @@ def print_report(results: list[dict[str, Any]], rounds: int) -> None:
                              f"{'ok' if less >= TARGET_LESS_OVERHEAD else 'MISSED'} "
                              f"(≥ {TARGET_LESS_OVERHEAD:g}×)")
         cpus = os.cpu_count() or 1
-        if _busy(r) > cpus:
-            parts.append(f"machine busy: load average up to {_busy(r):.1f} on {cpus} CPUs, "
-                         "wall times are inflated (CPU-time ratios less so)")
+        # site processes of this run count in the load average (the 1-minute average lags)
+        own = r["sites"] if sites_as == "processes" else 0
+        if _busy(r) > cpus + own:
+            parts.append(f"machine busy: load average up to {_busy(r):.1f} on {cpus} CPUs "
+                         f"with {own} site processes of this run, wall times are inflated "
+                         "(CPU-time ratios less so)")
         warnings = r["fedtune_secure"].get("warnings") or []
         if warnings:
             parts.append(f"{len(warnings)} coordinator warning(s), first: {warnings[0]}")
@@ -891,6 +1091,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 3 sites × 100k, 2 measured rounds, 20 s budget")
     parser.add_argument("--no-flower", action="store_true", help="leave Flower out")
+    parser.add_argument("--sites-as", choices=("processes", "threads"), default="processes",
+                        help="run each fedtune site agent in its own process, as deployed "
+                             "(default), or all of them as threads of the coordinator's "
+                             "process (one GIL for every site and the coordinator)")
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="JSON output (default bench/results/secagg.json)")
     args = parser.parse_args(argv)
@@ -915,7 +1119,7 @@ def main(argv: list[str] | None = None) -> int:
         over_budget: set[str] = set()  # systems that ran out at a smaller n, this m
         for n in sorted(sites):
             r = run_configuration(n, target, args.rounds, args.budget, with_flower,
-                                  set(over_budget))
+                                  set(over_budget), args.sites_as)
             for system in ("fedtune_plain", "fedtune_secure"):
                 if r[system].get("skipped") == SKIPPED:
                     over_budget.add(system)
@@ -923,7 +1127,7 @@ def main(argv: list[str] | None = None) -> int:
                 over_budget.add("flower")
             results.append(r)
 
-    print_report(results, args.rounds)
+    print_report(results, args.rounds, args.sites_as)
     document = {
         "benchmark": "secagg",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -953,6 +1157,7 @@ def main(argv: list[str] | None = None) -> int:
                     "upload_bytes_per_param_at_most": TARGET_UPLOAD_BYTES_PER_PARAM,
                     "bits": BITS},
         "args": {"sites": sites, "params": params, "rounds": args.rounds,
+                 "sites_as": args.sites_as,
                  "budget_s": args.budget, "quick": args.quick, "flower": with_flower},
         "total_wall_s": time.perf_counter() - started,
         "results": results,

@@ -260,9 +260,13 @@ class SecureSiteMixin:
                 raise SecAggError("the survivor list to unmask differs from the one this site "
                                   "confirmed")
             survivors = set(task.lists.survivors)
-            confirmed_by = set()
+            t = state.secrets.params.threshold
+            confirmed_by: set[str] = set()
             for c in task.confirmations:
-                if c.site_id not in survivors or c.site_id not in peers.site_keys:
+                if len(confirmed_by) >= t:
+                    break  # t valid signatures on this very list are the check; more add nothing
+                if c.site_id not in survivors or c.site_id not in peers.site_keys \
+                        or c.site_id in confirmed_by:
                     continue
                 try:
                     verify(public_key_from_raw(peers.site_keys[c.site_id]), c.signature,
@@ -270,7 +274,6 @@ class SecureSiteMixin:
                 except SignatureError:
                     continue
                 confirmed_by.add(c.site_id)
-            t = state.secrets.params.threshold
             if len(confirmed_by) < t:
                 raise SecAggError(f"only {len(confirmed_by)} survivors confirmed the same list, "
                                   f"the threshold is {t}")

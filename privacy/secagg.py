@@ -143,6 +143,10 @@ class SiteRound:
     mask_peers: tuple[str, ...] = ()
     revealed: bool = False
     own_share: tuple[bytes, bytes] | None = None
+    #: per neighbour, agreed once the key list is verified: the key that encrypts key shares
+    #: both ways, and the pairwise mask key
+    share_keys_by_peer: dict[str, bytes] = field(default_factory=dict, repr=False)
+    pair_mask_keys: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     # -- phase 3: share keys ---------------------------------------------------------------
 
@@ -157,8 +161,19 @@ class SiteRound:
             raise SecAggError("keys were already shared in this round")
         if peer_keys.get(self.site_id) != (self.encryption.public, self.masking.public):
             raise SecAggError("the relayed key list does not hold this site's own keys")
-        self.params = params
-        self.peer_keys = dict(peer_keys)
+        neighbours = params.graph[self.site_id]
+        try:
+            # both agreed now, once, while the site waits for its neighbours' shares: the
+            # key-share key also opens what each neighbour sends back, and masking then only
+            # expands keystreams (a neighbour whose shares never come leaves its keys unused)
+            share_keys = {peer: derive_pair_key(self.encryption.private, peer_keys[peer][0],
+                                                run_id=params.run_id, round_id=params.round_id,
+                                                purpose="key-share", site_a=self.site_id,
+                                                site_b=peer) for peer in neighbours}
+            mask_keys = {peer: _pair_mask_key_of(params, self.masking.private, self.site_id,
+                                                 peer, peer_keys[peer][1]) for peer in neighbours}
+        except KeyAgreementError as exc:
+            raise SecAggError(f"a neighbour's advertised key: {exc}") from None
         holders = params.holders(self.site_id)
         b_shares = shamir.split_secret(self.self_seed, params.threshold, len(holders))
         s_shares = shamir.split_secret(private_to_raw(self.masking.private), params.threshold,
@@ -168,11 +183,10 @@ class SiteRound:
             if peer == self.site_id:
                 self.own_share = (b_shares[i], s_shares[i])
                 continue
-            key = derive_pair_key(self.encryption.private, peer_keys[peer][0],
-                                  run_id=params.run_id, round_id=params.round_id,
-                                  purpose="key-share", site_a=self.site_id, site_b=peer)
-            out[peer] = aead.seal(key, b_shares[i] + s_shares[i],
+            out[peer] = aead.seal(share_keys[peer], b_shares[i] + s_shares[i],
                                   _share_aad(params, self.site_id, peer))
+        self.params, self.peer_keys = params, dict(peer_keys)
+        self.share_keys_by_peer, self.pair_mask_keys = share_keys, mask_keys
         return out
 
     def receive_shares(self, ciphertexts: Mapping[str, bytes]) -> None:
@@ -182,11 +196,9 @@ class SiteRound:
         for sender, sealed in ciphertexts.items():
             if sender not in neighbours:
                 raise SecAggError(f"a key share from {sender!r}, which is not a neighbour")
-            key = derive_pair_key(self.encryption.private, self.peer_keys[sender][0],
-                                  run_id=p.run_id, round_id=p.round_id, purpose="key-share",
-                                  site_a=self.site_id, site_b=sender)
             try:
-                plain = aead.open_sealed(key, sealed, _share_aad(p, sender, self.site_id))
+                plain = aead.open_sealed(self.share_keys_by_peer[sender], sealed,
+                                         _share_aad(p, sender, self.site_id))
             except aead.DecryptionError:
                 raise SecAggError(f"the key share from {sender!r} does not decrypt") from None
             if len(plain) != 2 * _SHARE_BYTES:
@@ -211,9 +223,7 @@ class SiteRound:
                               f"reach the threshold {p.threshold}")
         self.mask_peers = tuple(sorted(self.held))
         keys = [(_self_mask_key(p, self.site_id, self.self_seed), False)]
-        keys += [(_pair_mask_key_of(p, self.masking.private, self.site_id, peer,
-                                    self.peer_keys[peer][1]), self.site_id > peer)
-                 for peer in self.mask_peers]
+        keys += [(self.pair_mask_keys[peer], self.site_id > peer) for peer in self.mask_peers]
         accumulate_masks(words, keys, p.bits)
         if p.bits < 8 * words.itemsize:  # at 32 bits uint32's own wrap-around is the reduction
             words &= words.dtype.type((1 << p.bits) - 1)

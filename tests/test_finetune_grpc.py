@@ -116,8 +116,11 @@ def _check_fine_tune(run: FinishedRun, spec: ModelConfig) -> None:
     assert b_values and not np.array_equal(run.params, start)
     lora_b = {n: p.detach().numpy() for n, p in model.named_parameters() if n in b_values}
     assert all(np.count_nonzero(v) for v in lora_b.values())  # every adapter was trained
+    # round 1 evaluates the initial model (on the sites' held-out examples) before training;
+    # the training loss a round reports is its last epoch's, already low in round 1 on a few
+    # examples, so round against round it is noise (this compared them and failed ~1 in 9)
     first, last = run.history[0].metrics, run.history[-1].metrics
-    assert last.train_loss < first.train_loss
+    assert last.train_loss < first.eval_loss
 
 
 def test_minilm_lora_fine_tunes_over_grpc(tmp_path):

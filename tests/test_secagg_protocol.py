@@ -212,3 +212,28 @@ def test_mask_words_masks_the_accumulator_word_in_place(bits):
     assert masked is words  # in place: the site sends this very buffer
     assert int(words.max()) < 2 ** bits
     np.testing.assert_array_equal(words.astype(np.uint64), expected)
+
+
+@pytest.mark.parametrize("which", [0, 1])  # the encryption key, the mask key
+def test_a_neighbour_advertising_a_small_order_key_is_refused_before_anything_is_shared(which):
+    sites = {f"s{i}": SiteRound(f"s{i}") for i in range(4)}
+    keys = {s: (r.encryption.public, r.masking.public) for s, r in sites.items()}
+    bad = list(keys["s2"])
+    bad[which] = bytes(32)  # a point of small order: the X25519 output would be all zero
+    keys["s2"] = (bad[0], bad[1])
+    digests = [hashlib.sha256(s.encode() + keys[s][0] + keys[s][1]).digest() for s in keys]
+    params = RoundParameters.derive("run", 1, BITS, sites, 0, 0, b"\x07" * 32, digests)
+    assert "s2" in params.graph["s1"]
+    with pytest.raises(SecAggError, match="advertised key.*small order"):
+        sites["s1"].share_keys(params, keys)
+    assert sites["s1"].params is None  # nothing of the round was taken on
+
+
+def test_pair_keys_are_agreed_once_when_the_key_list_arrives():
+    sites, _, params, _ = _round(5)
+    s1 = sites["s1"]
+    assert set(s1.pair_mask_keys) == set(s1.share_keys_by_peer) == set(params.graph["s1"])
+    for peer in params.graph["s1"]:  # both ends agree on both keys
+        assert sites[peer].pair_mask_keys["s1"] == s1.pair_mask_keys[peer]
+        assert sites[peer].share_keys_by_peer["s1"] == s1.share_keys_by_peer[peer]
+        assert s1.pair_mask_keys[peer] != s1.share_keys_by_peer[peer]  # domain-separated
