@@ -271,6 +271,15 @@ class SiteSpec:
     replay: bool  # this one also replays its masking alone, once the others have exited
 
 
+def zero_work_site(spec: SiteSpec, peers: Any) -> ZeroWorkSite:
+    """The site agent of ``spec`` (``peers`` loaded from ``spec.peers``, or None)."""
+    return ZeroWorkSite(SiteAgentConfig(
+        coordinator=spec.coordinator, site_id=spec.site_id, identity=load_identity(spec.key),
+        data_path=spec.report.with_suffix(".unused.csv"),
+        policy=PolicyConfig(("tabular-mlp",)), give_up_after_s=30.0, peers=peers),
+        spec.size, spec.input_dim, seed=spec.seed, recorder=Recorder())
+
+
 def site_process(spec: SiteSpec, ready: Any, stop: Any, replay_go: Any) -> None:
     """A site agent in its own process (multiprocessing "spawn"), as deployed: it runs
     until ``stop`` is set, then writes what the parent cannot see from outside (its traffic,
@@ -284,12 +293,7 @@ def site_process(spec: SiteSpec, ready: Any, stop: Any, replay_go: Any) -> None:
 def run_site(spec: SiteSpec, ready: Any, stop: Any, replay_go: Any) -> None:
     probe = SecureProbe()
     with captured_events("fedtune.site", logging.WARNING) as site_events, probe.installed():
-        agent = ZeroWorkSite(SiteAgentConfig(
-            coordinator=spec.coordinator, site_id=spec.site_id, identity=load_identity(spec.key),
-            data_path=spec.report.with_suffix(".unused.csv"),
-            policy=PolicyConfig(("tabular-mlp",)), give_up_after_s=30.0,
-            peers=load_peers(spec.peers) if spec.peers is not None else None),
-            spec.size, spec.input_dim, seed=spec.seed, recorder=Recorder())
+        agent = zero_work_site(spec, load_peers(spec.peers) if spec.peers is not None else None)
         thread = threading.Thread(target=agent.run, name=spec.site_id, daemon=True)
         ready.release()
         thread.start()
@@ -391,12 +395,8 @@ class ThreadSites:
 
     def __init__(self, specs: list[SiteSpec], peers: Any, probe: SecureProbe) -> None:
         self.probe = probe
-        self.agents = [ZeroWorkSite(SiteAgentConfig(
-            coordinator=s.coordinator, site_id=s.site_id, identity=load_identity(s.key),
-            data_path=s.report.with_suffix(".unused.csv"),
-            policy=PolicyConfig(("tabular-mlp",)), give_up_after_s=30.0,
-            peers=peers if s.peers is not None else None), s.size, s.input_dim, seed=s.seed,
-            recorder=Recorder()) for s in specs]
+        self.agents = [zero_work_site(s, peers if s.peers is not None else None)
+                       for s in specs]
         self.threads = [threading.Thread(target=a.run, name=a.config.site_id, daemon=True)
                         for a in self.agents]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -259,23 +260,11 @@ class SecureSiteMixin:
             if statement_ != state.confirmed:
                 raise SecAggError("the survivor list to unmask differs from the one this site "
                                   "confirmed")
-            survivors = set(task.lists.survivors)
             t = state.secrets.params.threshold
-            confirmed_by: set[str] = set()
-            for c in task.confirmations:
-                if len(confirmed_by) >= t:
-                    break  # t valid signatures on this very list are the check; more add nothing
-                if c.site_id not in survivors or c.site_id not in peers.site_keys \
-                        or c.site_id in confirmed_by:
-                    continue
-                try:
-                    verify(public_key_from_raw(peers.site_keys[c.site_id]), c.signature,
-                           statement_)
-                except SignatureError:
-                    continue
-                confirmed_by.add(c.site_id)
-            if len(confirmed_by) < t:
-                raise SecAggError(f"only {len(confirmed_by)} survivors confirmed the same list, "
+            signers = confirmed_by(statement_, task.confirmations, set(task.lists.survivors),
+                                   peers.site_keys, t)
+            if len(signers) < t:
+                raise SecAggError(f"only {len(signers)} survivors confirmed the same list, "
                                   f"the threshold is {t}")
             shares = state.secrets.reveal(list(task.lists.survivors), list(task.lists.dropouts))
         except SecAggError as exc:
@@ -289,6 +278,27 @@ class SecureSiteMixin:
                   site=self.config.site_id, phase="unmask",
                   self_mask_shares=sum(1 for _, k, _ in shares if k == "self_mask"),
                   mask_key_shares=sum(1 for _, k, _ in shares if k == "mask_key"))
+
+
+def confirmed_by(statement_: bytes, confirmations: Iterable[pb.SurvivorConfirmation],
+                 survivors: set[str], site_keys: Mapping[str, bytes], needed: int) -> set[str]:
+    """The distinct survivors whose valid signature on ``statement_`` (checked against the
+    identity keys of this site's own peers file) is among ``confirmations``, at most
+    ``needed`` of them: ``needed`` valid signatures on the very list are the consistency
+    check, and verifying more adds nothing. Forged or repeated confirmations, and those of
+    sites that are not survivors, do not count."""
+    signers: set[str] = set()
+    for c in confirmations:
+        if len(signers) >= needed:
+            break
+        if c.site_id not in survivors or c.site_id not in site_keys or c.site_id in signers:
+            continue
+        try:
+            verify(public_key_from_raw(site_keys[c.site_id]), c.signature, statement_)
+        except SignatureError:
+            continue
+        signers.add(c.site_id)
+    return signers
 
 
 def _digest(signed: pb.SignedKeyAdvertisement) -> bytes:

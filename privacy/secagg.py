@@ -136,7 +136,6 @@ class SiteRound:
     masking: KeyPair = field(default_factory=generate_key_pair)
     self_seed: bytes = field(default_factory=lambda: os.urandom(32))
     params: RoundParameters | None = None
-    peer_keys: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     #: shares of neighbours' secrets this site holds: neighbour -> (b share, mask-key share)
     held: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     #: neighbours whose pairwise masks went into this site's masked input
@@ -185,7 +184,7 @@ class SiteRound:
                 continue
             out[peer] = aead.seal(share_keys[peer], b_shares[i] + s_shares[i],
                                   _share_aad(params, self.site_id, peer))
-        self.params, self.peer_keys = params, dict(peer_keys)
+        self.params = params
         self.share_keys_by_peer, self.pair_mask_keys = share_keys, mask_keys
         return out
 

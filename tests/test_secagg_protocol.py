@@ -237,3 +237,35 @@ def test_pair_keys_are_agreed_once_when_the_key_list_arrives():
         assert sites[peer].pair_mask_keys["s1"] == s1.pair_mask_keys[peer]
         assert sites[peer].share_keys_by_peer["s1"] == s1.share_keys_by_peer[peer]
         assert s1.pair_mask_keys[peer] != s1.share_keys_by_peer[peer]  # domain-separated
+
+
+def test_only_distinct_valid_survivor_signatures_count_towards_the_consistency_check():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedtune.client.secure_phases import confirmed_by
+    from fedtune.privacy.signatures import sign, survivors_statement
+    from fedtune.proto import fedtune_pb2 as pb
+
+    ids = [f"s{i}" for i in range(6)]
+    identity = {s: Ed25519PrivateKey.generate() for s in ids}
+    site_keys = {s: k.public_key().public_bytes_raw() for s, k in identity.items()}
+    survivors = ["s0", "s1", "s2", "s3", "s4"]  # s5 dropped
+    listed = survivors_statement("run", 1, survivors, ["s5"])
+    other = survivors_statement("run", 1, survivors[:4], ["s4", "s5"])
+
+    def confirmation(site, statement_, by=None):
+        return pb.SurvivorConfirmation(site_id=site, signature=sign(identity[by or site],
+                                                                    statement_))
+
+    padded = [
+        confirmation("s0", listed),
+        confirmation("s0", listed),  # the same site twice
+        confirmation("s1", other),  # signed another list
+        confirmation("s2", listed, by="s0"),  # forged: s0's key signing as s2
+        confirmation("s5", listed),  # not a survivor
+        confirmation("s3", listed),
+    ]
+    assert confirmed_by(listed, padded, set(survivors), site_keys, 3) == {"s0", "s3"}
+    honest = [confirmation(s, listed) for s in survivors]
+    assert confirmed_by(listed, honest, set(survivors), site_keys, 3) == {"s0", "s1", "s2"}
+    assert len(confirmed_by(listed, honest, set(survivors), site_keys, 5)) == 5
