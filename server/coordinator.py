@@ -477,11 +477,12 @@ class Coordinator(SecurePhasesMixin):
             r.check_input_allowed(site)
             return self._expected_input(r), r.secure
 
-    def submit_input(self, site: str, ref: pb.RoundRef, vector: np.ndarray,
+    def submit_input(self, site: str, ref: pb.RoundRef, vector: np.ndarray, digest: bytes,
                      metrics: pb.PlainMetrics) -> None:
+        """Take a site's plain input; ``digest`` is the sha256 of its little-endian bytes,
+        already checked by the servicer's TensorAssembler (hashed once, not twice)."""
         _check_metrics(metrics, self.job.training.max_examples)
         as_float64 = vector.astype(np.float64)  # before taking the lock
-        digest = spec_for(vector).sha256
         metrics_digest = hashlib.sha256(metrics.SerializeToString(deterministic=True)).hexdigest()
         with self._cond:
             r = self._current_round()

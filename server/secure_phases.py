@@ -39,7 +39,6 @@ from fedtune.privacy_plan import distributed_params, input_encoding, rotation_se
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.server.errors import invalid, precondition, unauthenticated
 from fedtune.server.round_state import RoundState
-from fedtune.tensor_codec import spec_for
 
 if TYPE_CHECKING:
     from fedtune.server.coordinator import Coordinator
@@ -153,7 +152,10 @@ class SecurePhasesMixin:
                       phase="share_keys", shares=len(shares))
             self._cond.notify_all()
 
-    def submit_masked(self: Coordinator, site: str, ref: pb.RoundRef, vector: np.ndarray) -> None:
+    def submit_masked(self: Coordinator, site: str, ref: pb.RoundRef, vector: np.ndarray,
+                      digest: bytes) -> None:
+        """Take a site's masked input; ``digest`` (what the site's header and egress log
+        carry) was checked against the bytes by the servicer's TensorAssembler."""
         bits = self.job.secure_aggregation.bits
         # the ring's word (uint32 up to 32 bits): the wire's <u4 is read without a copy
         as_ring = vector.astype(word_dtype(bits), copy=False)
@@ -161,7 +163,6 @@ class SecurePhasesMixin:
         if bits < 8 * as_ring.itemsize and np.any(as_ring >> as_ring.dtype.type(bits)):
             raise invalid(f"masked input has values outside Z_(2^{bits})")
         self.behaviour.observe(site, "masked_input", as_ring)
-        digest = spec_for(vector).sha256  # what the site's header and egress log carry
         with self._cond:
             r = self._current_round()
             r.check_ref(ref)

@@ -133,11 +133,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             self.c.begin_upload(site)
             self.c.call_started(site)
             try:
-                ref, vector, metrics = self._receive_input(site, request_iterator)
+                ref, vector, digest, metrics = self._receive_input(site, request_iterator)
                 if metrics is None:
-                    self.c.submit_masked(site, ref, vector)
+                    self.c.submit_masked(site, ref, vector, digest)
                 else:
-                    self.c.submit_input(site, ref, vector, metrics)
+                    self.c.submit_input(site, ref, vector, digest, metrics)
             finally:
                 self.c.call_ended(site)
                 self.c.end_upload(site)
@@ -163,10 +163,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 if chunk.WhichOneof("part") != "data":
                     raise invalid("a second header in one SubmitInput stream")
                 assembler.add(chunk.data)
-            vector = assembler.finish()
+            vector = assembler.finish()  # checks the bytes against header.vector.sha256
         except TensorError as exc:
             raise invalid(f"input vector: {exc}") from None
-        return header.ref, vector, (None if secure else header.metrics)
+        return header.ref, vector, header.vector.sha256, (None if secure else header.metrics)
 
     # -- secure aggregation ----------------------------------------------------------------
 
