@@ -70,6 +70,8 @@ MAX_CONSECUTIVE_ABORTS = 5
 class _SiteSession:
     site_id: str
     expires: float
+    #: sha256 of the client certificate the session was opened over (mutual TLS), else None
+    client_cert: bytes | None = None
 
 
 @dataclass
@@ -320,7 +322,14 @@ class Coordinator(SecurePhasesMixin):
             self._challenges[nonce] = (site_id, now + CHALLENGE_TTL_S)
         return pb.Challenge(run_id=self.run_id, nonce=nonce, ttl_s=CHALLENGE_TTL_S)
 
-    def authenticate(self, site_id: str, nonce: bytes, signature: bytes) -> pb.Session:
+    def authenticate(self, site_id: str, nonce: bytes, signature: bytes,
+                     client_cert: bytes | None = None) -> pb.Session:
+        """Open a session for a site that signed a fresh challenge.
+
+        ``client_cert`` (the sha256 of the TLS client certificate, under mutual TLS) binds
+        the session: its token is refused over any other certificate, so a token that leaks
+        from one connection cannot be spent by another enrolled client.
+        """
         with self._cond:
             entry = self._challenges.pop(nonce, None)  # one use only
         if entry is None or entry[0] != site_id or entry[1] < self.clock():
@@ -336,16 +345,21 @@ class Coordinator(SecurePhasesMixin):
             now = self.clock()
             self._sessions = {t: s for t, s in self._sessions.items()
                               if s.site_id != site_id and s.expires > now}
-            self._sessions[token] = _SiteSession(site_id, now + SESSION_TTL_S)
+            self._sessions[token] = _SiteSession(site_id, now + SESSION_TTL_S, client_cert)
             self._liveness[site_id].last_seen = self.clock()
             self._cond.notify_all()
         log_event(log, "site_authenticated", run=self.run_id, site=site_id)
         return pb.Session(token=token, run_id=self.run_id, session_ttl_s=SESSION_TTL_S)
 
-    def site_for(self, token: bytes) -> str:
+    def site_for(self, token: bytes, client_cert: bytes | None = None) -> str:
         session = self._sessions.get(token)
         if session is None or session.expires < self.clock():
             raise unauthenticated("no valid session; authenticate first")
+        if session.client_cert != client_cert:
+            log_event(log, "session_certificate_mismatch", logging.WARNING, run=self.run_id,
+                      site=session.site_id)
+            raise unauthenticated("this session was opened over another TLS client "
+                                  "certificate; authenticate again")
         return session.site_id
 
     # ------------------------------------------------------------------ liveness

@@ -8,6 +8,7 @@ with a message. A refused request is logged and changes nothing.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections.abc import Iterator
 
@@ -23,6 +24,16 @@ from fedtune.tensor_codec import CHUNK_BYTES, TensorAssembler, TensorError, iter
 log = logging.getLogger("fedtune.server.rpc")
 
 SESSION_METADATA = "fedtune-session"
+
+
+def client_certificate(context: grpc.ServicerContext) -> bytes | None:
+    """sha256 of the TLS client certificate of this call (mutual TLS), else None.
+
+    Sessions are bound to it (:meth:`Coordinator.authenticate`): gRPC checked the chain
+    during the handshake, so equal digests mean the same certificate, and the same key.
+    """
+    pem = context.auth_context().get("x509_pem_cert")
+    return hashlib.sha256(pem[0]).digest() if pem else None
 
 
 def _guarded(method):
@@ -56,7 +67,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                     token = bytes.fromhex(value if isinstance(value, str) else value.decode())
                 except ValueError:
                     raise unauthenticated("malformed session token") from None
-                return self.c.site_for(token)
+                return self.c.site_for(token, client_certificate(context))
         raise unauthenticated(f"missing session token (metadata {SESSION_METADATA!r})")
 
     def _refuse(self, context: grpc.ServicerContext, method: str, exc: ProtocolError,
@@ -79,7 +90,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def Authenticate(self, request: pb.AuthenticateRequest,
                      context: grpc.ServicerContext) -> pb.Session:
         try:
-            return self.c.authenticate(request.site_id, request.nonce, request.signature)
+            return self.c.authenticate(request.site_id, request.nonce, request.signature,
+                                       client_certificate(context))
         except ProtocolError as exc:
             self._refuse(context, "Authenticate", exc, request.site_id)
             raise

@@ -45,7 +45,7 @@ HANDSHAKE_REFUSED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATE
 @pytest.fixture
 def tls_dir(tmp_path: Path) -> Path:
     out = tmp_path / "tls"
-    write_dev_tls(out, ["127.0.0.1", "localhost"], ["site-1"])
+    write_dev_tls(out, ["127.0.0.1", "localhost"], ["site-1", "site-2"])
     return out
 
 
@@ -149,6 +149,21 @@ def test_site_with_a_client_certificate_authenticates_under_mutual_tls(mtls_coor
     site.channel.close()
 
 
+def test_a_new_channel_with_the_same_client_certificate_keeps_the_session(mtls_coordinator,
+                                                                           tls_dir):
+    # a site agent that reconnects (a new channel, the same certificate) keeps its session
+    port, key = mtls_coordinator
+    cert = {"ca": tls_dir / "ca.pem", "cert": tls_dir / "site-1.client.pem",
+            "key": tls_dir / "site-1.client.key"}
+    first = secure_site(port, "site-1", key, **cert)
+    first.authenticate()
+    again = secure_site(port, "site-1", key, **cert)
+    again.token = first.token
+    assert again.poll(wait_ms=0).WhichOneof("kind") in ("wait", "offer")
+    first.channel.close()
+    again.channel.close()
+
+
 # ---------------------------------------------------------------------------- TLS refuses
 
 
@@ -158,6 +173,29 @@ def test_client_without_a_certificate_is_refused_under_mutual_tls(mtls_coordinat
     err = rpc_error(site.hello)
     assert err.code() in HANDSHAKE_REFUSED
     site.channel.close()
+
+
+def test_session_token_is_refused_over_another_client_certificate(tmp_path, tls_dir):
+    # Threat: a session token leaks (a log, a proxy, a compromised peer) to another enrolled
+    # client with its own valid certificate. Under mutual TLS the session is bound to the
+    # certificate it was opened over, so the token is worthless anywhere else.
+    files = write_federation(tmp_path / "fed", n_sites=2, tls=tls_table(tls_dir, mutual=True))
+    with running(files.config(), insecure=False) as coordinator:
+        owner = secure_site(coordinator.port, "site-1", files.keys["site-1"],
+                            ca=tls_dir / "ca.pem", cert=tls_dir / "site-1.client.pem",
+                            key=tls_dir / "site-1.client.key")
+        owner.authenticate()
+        thief = secure_site(coordinator.port, "site-1", files.keys["site-2"],
+                            ca=tls_dir / "ca.pem", cert=tls_dir / "site-2.client.pem",
+                            key=tls_dir / "site-2.client.key")
+        thief.token = owner.token
+        err = rpc_error(lambda: thief.poll(wait_ms=0))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "another TLS client certificate" in err.details()
+        # nothing was lost: the owner's session still works, the coordinator still serves
+        assert owner.poll(wait_ms=0).WhichOneof("kind") in ("wait", "offer")
+        owner.channel.close()
+        thief.channel.close()
 
 
 def test_client_certificate_from_another_ca_is_refused_under_mutual_tls(mtls_coordinator,
