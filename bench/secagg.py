@@ -109,6 +109,47 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+def cpu_seconds(pids: Sequence[int]) -> float | None:
+    """User + system CPU seconds the processes ``pids`` have used so far: every thread,
+    exited ones included (``utime`` and ``stime`` of ``/proc/PID/stat``, in clock ticks of
+    1/``SC_CLK_TCK`` s, 10 ms on Linux). ``None`` where there is no ``/proc``."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return None
+        # fields after "(comm)": state is field 3 of proc(5), utime 14, stime 15
+        fields = stat[stat.rindex(b")") + 2:].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class RoundCPU(logging.Handler):
+    """Reads the CPU time of a system's processes (the coordinator and its sites) when the
+    coordinator logs ``round_started`` and ``round_completed``: CPU seconds per round, summed
+    over every process, a cost that does not depend on how many cores share the work."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        super().__init__(logging.DEBUG)
+        self.pids = list(pids)
+        self.marks: dict[tuple[int, str], float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "event", None)
+        if event in ("round_started", "round_completed"):
+            cpu = cpu_seconds(self.pids)
+            if cpu is not None:
+                fields = getattr(record, "fields", None) or {}
+                self.marks[(int(fields.get("round") or 0), event)] = cpu
+
+    def round_cpu_s(self, round_id: int) -> float | None:
+        start = self.marks.get((round_id, "round_started"))
+        end = self.marks.get((round_id, "round_completed"))
+        return None if start is None or end is None else end - start
+
+
 def secagg_shape(n: int) -> tuple[int, int]:
     """fedtune's defaults for ``n`` sites: (threshold t, neighbour degree k).
 
@@ -340,8 +381,11 @@ def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_
                  for i, s in enumerate(fed_files.sites)]
         sites = (ProcessSites(specs) if sites_as == "processes"
                  else ThreadSites(specs, peers, probe))
+        server_logger = logging.getLogger("fedtune.server")
         try:
             sites.start()
+            round_cpu = RoundCPU([os.getpid(), *sites.pids()])
+            server_logger.addHandler(round_cpu)
             started = time.perf_counter()  # the budget counts from here (processes: ready)
             finished = running.wait(timeout=budget_s)
             result["run_wall_s"] = time.perf_counter() - started
@@ -351,6 +395,7 @@ def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_
             final = running.coordinator.params.copy()
             completed = running.coordinator.completed_rounds
         finally:
+            server_logger.removeHandler(round_cpu)
             reports = sites.stop(running)
         event_list = list(events.events)
         # connection_lost / request_refused as the coordinator stops are expected at the end
@@ -358,7 +403,7 @@ def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_
                                    for _, e, f, _ in site_events.events]
         result["site_warnings"] += [w for r in reports for w in r["site_warnings"]]
     probe.calls += [MaskCall(**c) for r in reports for c in r["mask_calls"]]
-    stats = _fedtune_round_stats(event_list, warmup, probe, secure)
+    stats = _fedtune_round_stats(event_list, warmup, probe, secure, round_cpu)
     result.update(stats)
     if not result["finished"]:
         result["budget_exceeded"] = True
@@ -404,6 +449,9 @@ class ThreadSites:
         for t in self.threads:
             t.start()
 
+    def pids(self) -> list[int]:
+        return []  # they are threads of this process
+
     def stop(self, running: Any) -> list[dict[str, Any]]:
         for a in self.agents:
             a.stop()
@@ -439,6 +487,9 @@ class ProcessSites:
             if not self.ready.acquire(timeout=STARTUP_S):
                 raise RuntimeError(f"a site process was not ready within {STARTUP_S:g} s")
 
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p.pid is not None]
+
     def stop(self, running: Any) -> list[dict[str, Any]]:
         self.stop_event.set()
         running.stop(grace=0.5)
@@ -459,7 +510,8 @@ class ProcessSites:
 
 
 def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]], warmup: int,
-                         probe: SecureProbe, secure: bool) -> dict[str, Any]:
+                         probe: SecureProbe, secure: bool, round_cpu: RoundCPU
+                         ) -> dict[str, Any]:
     starts: dict[int, tuple[float, dict[str, Any]]] = {}
     phases: dict[int, dict[str, float]] = {}
     completed: dict[int, float] = {}
@@ -480,7 +532,8 @@ def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]
     for r in measured:
         t0, t1 = starts[r][0], completed[r]
         marks = phases.get(r, {})
-        entry: dict[str, Any] = {"round": r, "round_s": t1 - t0}
+        entry: dict[str, Any] = {"round": r, "round_s": t1 - t0,
+                                 "cpu_s": round_cpu.round_cpu_s(r)}
         if secure:
             share = marks.get("share_keys", t0)
             masked = marks.get("masked_input", share)
@@ -501,6 +554,9 @@ def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]
                            "phases_s": {k: median([x["phases_s"][k] for x in rounds])
                                         for k in (rounds[0]["phases_s"] if rounds else {})},
                            "warnings": warnings}
+    cpu = [x["cpu_s"] for x in rounds if x["cpu_s"] is not None]
+    if cpu:
+        out["cpu_s"] = median(cpu)
     if secure and rounds:
         calls = [c for x in rounds for c in x["mask_calls"]]
         out["coordinator_unmask_s"] = median([x["coordinator_unmask_s"] for x in rounds])
@@ -704,6 +760,8 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, in
                                                 state=RecordDict(), run_config={}))
                      for nid in node_ids}
         grid = DirectGrid(nodes, in_processes)
+        # this process (the workflow, the grid) and its node processes, if any
+        pids = [os.getpid()] + ([c.pid for c in children] if in_processes else [])
         strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n,
                           min_available_clients=n,
                           initial_parameters=ndarrays_to_parameters([initial]))
@@ -727,14 +785,18 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, in
             cfg[WorkflowKey.CURRENT_ROUND] = current_round  # DefaultWorkflow's round loop
             grid.sent = grid.received = 0
             grid.received_train = {}
+            cpu_start = cpu_seconds(pids)
             start = time.perf_counter()
             workflow(grid, context)  # the fit round, as DefaultWorkflow calls it
             seconds = time.perf_counter() - start
+            cpu_end = cpu_seconds(pids)
             params = parameters_to_ndarrays(compat.arrayrecord_to_parameters(
                 context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True))[0]
             error = float(np.max(np.abs((params - previous) - expected_mean)))
             previous = params.astype(np.float64)
             out.put(("round", {"mode": mode, "round": current_round, "round_s": seconds,
+                               "cpu_s": (None if cpu_start is None or cpu_end is None
+                                         else cpu_end - cpu_start),
                                "aggregate_max_abs_error": error,
                                "upload_bytes_per_param": median(
                                    [float(b) for b in grid.received_train.values()]) / size,
@@ -803,6 +865,9 @@ def run_flower(n: int, size: int, measured_rounds: int, budget_s: float,
         entry: dict[str, Any] = {"rounds": mine}
         if measured:
             entry["round_s"] = median([r["round_s"] for r in measured])
+            cpu = [r["cpu_s"] for r in measured if r.get("cpu_s") is not None]
+            if cpu:
+                entry["cpu_s"] = median(cpu)
             entry["aggregate_max_abs_error"] = max(r["aggregate_max_abs_error"] for r in measured)
             entry["upload_bytes_per_param"] = median([r["upload_bytes_per_param"]
                                                       for r in measured])
@@ -930,6 +995,18 @@ def _derive(r: dict[str, Any]) -> None:
                                           else math.inf)
     if secure is not None and fl_secure is not None:
         d["flower_secure_over_fedtune_secure"] = fl_secure / secure
+    # the same comparison in CPU seconds per round, summed over every process of a system
+    ft_cpu = [r[k].get("cpu_s") for k in ("fedtune_plain", "fedtune_secure")]
+    fl_cpu = ([fl.get(k, {}).get("cpu_s") for k in ("plain", "secure")]
+              if isinstance(fl, dict) else [None, None])
+    if None not in ft_cpu:
+        d["fedtune_cpu_overhead_s"] = ft_cpu[1] - ft_cpu[0]
+    if None not in fl_cpu:
+        d["flower_cpu_overhead_s"] = fl_cpu[1] - fl_cpu[0]
+    if "fedtune_cpu_overhead_s" in d and "flower_cpu_overhead_s" in d:
+        ours = d["fedtune_cpu_overhead_s"]
+        d["less_cpu_overhead_than_flower"] = (d["flower_cpu_overhead_s"] / ours if ours > 0
+                                              else math.inf)
     m = r["fedtune_secure"].get("mask")
     rate = r["keystream_bytes_per_s"]
     if m:
@@ -1038,6 +1115,27 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
           "err = max |Δ aggregate − mean update| over the measured rounds")
 
     print()
+    print("CPU seconds per round (medians), summed over every process of the system: the "
+          "coordinator and its sites; Flower: the workflow's process and its nodes")
+    header3 = ("sites", "params", "ft plain", "ft secure", "ft overhead", "flwr plain",
+               "flwr SecAgg+", "flwr overhead", "× less CPU overhead")
+    rows3 = []
+    for r in results:
+        d, fl = r["derived"], r["flower"]
+        rows3.append((
+            str(r["sites"]), f"{r['params']:,}",
+            _fmt(r["fedtune_plain"].get("cpu_s")), _fmt(r["fedtune_secure"].get("cpu_s")),
+            _fmt(d.get("fedtune_cpu_overhead_s")),
+            _fmt(fl.get("plain", {}).get("cpu_s")), _fmt(fl.get("secure", {}).get("cpu_s")),
+            _fmt(d.get("flower_cpu_overhead_s")),
+            _fmt(d.get("less_cpu_overhead_than_flower"), 1, "×"),
+        ))
+    _print_rows(header3, rows3)
+    print(f"  /proc/PID/stat user + system time at round start and end (10 ms ticks per "
+          f"process); on {os.cpu_count()} CPUs, wall-clock overhead is at least CPU overhead "
+          f"÷ {os.cpu_count()} when the work is parallel")
+
+    print()
     print("Targets")
     for r in results:
         d = r["derived"]
@@ -1141,6 +1239,11 @@ def main(argv: list[str] | None = None) -> int:
             "fedtune_overhead_s": "fedtune secure round_s − fedtune plain round_s",
             "flower_overhead_s": "Flower SecAgg+ round_s − plain Flower round_s, same grid",
             "less_overhead_than_flower": "flower_overhead_s ÷ fedtune_overhead_s",
+            "cpu_s": "user + system CPU seconds of every process of the system (fedtune: the "
+                     "coordinator and its sites; Flower: the workflow's process and its "
+                     "nodes) between the start and the end of a round, /proc/PID/stat",
+            "less_cpu_overhead_than_flower": "(Flower SecAgg+ cpu_s − plain Flower cpu_s) ÷ "
+                                             "(fedtune secure cpu_s − fedtune plain cpu_s)",
             "upload_bytes_per_param": "serialized InputChunk bytes one site sends per round ÷ m",
             "mask_cpu_over_bound": "median over sites and rounds of thread CPU time in "
                                    "SiteRound.mask_words ÷ (keystream bytes it expanded ÷ "
