@@ -10,16 +10,19 @@ expectation::
 It starts the same server as ``fedtune server`` (:func:`fedtune.server.app.start`: gRPC,
 health, reflection, run-directory lock, checkpoints, logs) with a
 :class:`~fedtune.scenarios.adversaries.RecordingBehaviour` in place of the honest one, so the
-sites talk to a real coordinator that keeps every payload it receives. When the run ends it
-tries, for every site and every secure round, to rebuild that site's input from everything it
-received (:func:`~fedtune.scenarios.adversaries.reconstruction_attempt`), and writes what it
-found to ``OUT.json``. In plain mode every input was visible to it: that is recorded as such.
+sites talk to a real coordinator that keeps every payload it receives. For every site and every
+secure round it tries to rebuild that site's input from everything it received
+(:func:`~fedtune.scenarios.adversaries.reconstruction_attempt`), and writes what it found to
+``OUT.json``: each time a round completes (:class:`HoldingsWriter`), and once more when the run
+ends. In plain mode every input was visible to it: that is recorded as such.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import signal
 import sys
 import time
@@ -70,6 +73,36 @@ def what_it_holds(recorder: adv.RecordingBehaviour, secure: bool) -> dict:
     return {"secure": True, "rounds": rounds}
 
 
+class HoldingsWriter(logging.Handler):
+    """Rewrites the record file each time the coordinator completes a round.
+
+    Installed on the ``fedtune.server`` logger, it runs in the coordinator's thread before
+    the ``round_completed`` line reaches ``coordinator.log`` (a handler of the parent logger
+    ``fedtune``), which is what the replay runner watches before a ``coordinator_restart``
+    fault: a coordinator killed with SIGKILL leaves what it held up to its last completed
+    round, not nothing. Each write replaces the file whole (``os.replace``).
+    """
+
+    def __init__(self, recorder: adv.RecordingBehaviour, secure: bool, adversary: str,
+                 path: Path) -> None:
+        super().__init__(logging.INFO)
+        self.recorder, self.secure, self.adversary, self.path = recorder, secure, adversary, path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "event", None) == "round_completed":
+            try:
+                self.write()
+            except Exception:  # noqa: BLE001  (logging's contract: report, never raise)
+                self.handleError(record)
+
+    def write(self) -> None:
+        held = what_it_holds(self.recorder, self.secure)
+        held["adversary"] = self.adversary
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(held, indent=2))
+        os.replace(partial, self.path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fedtune.scenarios.coordinator_variant")
     p.add_argument("--federation", type=Path, required=True)
@@ -84,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     behaviour = make_behaviour(args.adversary, args.victim,
                                tuple(int(x) for x in args.rounds.split(",") if x),
                                tuple(x for x in args.fooled.split(",") if x))
+    writer = HoldingsWriter(behaviour, config.job.secure_aggregation.enabled, args.adversary,
+                            args.record)
+    logging.getLogger("fedtune.server").addHandler(writer)
     running = start(config, insecure=True, behaviour=behaviour)
     print(f"scenario coordinator ({args.adversary}): run {running.coordinator.run_id} on port "
           f"{running.port}", flush=True)
@@ -95,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     while c.finished and time.time() < deadline and not set(c.connected_sites()) <= c.told_finished:
         time.sleep(0.2)
     running.stop()
-    held = what_it_holds(behaviour, config.job.secure_aggregation.enabled)
-    held["adversary"] = args.adversary
-    args.record.write_text(json.dumps(held, indent=2))
+    writer.write()
     return 1 if c.failure else 0
 
 

@@ -126,6 +126,10 @@ def _reconstruction(outcome: Outcome, attack: AttackSpec, result: AttackOutcome)
     if not outcome.holdings:
         raise ValueError("the coordinator's holdings were not recorded (it did not end cleanly)")
     secure = all(h.get("secure", True) for h in outcome.holdings)
+    missing = unexamined_rounds(outcome) if secure else []
+    if missing:
+        raise ValueError(f"released round(s) {', '.join(map(str, missing))} are in no "
+                         "coordinator-holds file: what the coordinator held then is unknown")
     recovered = [r for r, v in rounds.items() if v.get("input_recoverable")]
     result.details = {"secure": secure, "rounds": rounds, "recovered_rounds": recovered,
                       "input_recoverable": bool(recovered) or not secure}
@@ -245,14 +249,21 @@ def _updates_visible(scenario: Scenario, outcome: Outcome) -> float | None:
     if not scenario.job.secure_aggregation.enabled:
         # plain mode: the coordinator saw every input of every released round in the clear
         return float(sum(r.contributors for r in outcome.rounds if not r.aborted))
-    if not outcome.holdings:
-        return None
+    if not outcome.holdings or unexamined_rounds(outcome):
+        return None  # "not measured": a round nobody examined must not count as hidden
     return float(sum(1 for held in outcome.holdings for by_site in held.get("rounds", {}).values()
                      for v in by_site.values() if v.get("input_recoverable")))
+
+
+def unexamined_rounds(outcome: Outcome) -> list[int]:
+    """Released rounds that no ``coordinator-holds-N.json`` covers (a coordinator life that
+    left no record): what the coordinator held in them was never examined."""
+    examined = {int(r) for held in outcome.holdings for r in held.get("rounds", {})}
+    return sorted(r.round for r in outcome.rounds if not r.aborted and r.round not in examined)
 
 
 def timestamped_dir(parent: Path, name: str) -> Path:
     return parent / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-__all__ = ["AttackOutcome", "ReplayResult", "replay", "timestamped_dir"]
+__all__ = ["AttackOutcome", "ReplayResult", "replay", "timestamped_dir", "unexamined_rounds"]
