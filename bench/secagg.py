@@ -126,6 +126,20 @@ def cpu_seconds(pids: Sequence[int]) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy since boot, all cores, time stolen by the
+    hypervisor included (``/proc/stat``: user, nice, system, irq, softirq, steal); None where
+    there is no ``/proc``. Minus a system's own CPU seconds over a round, it is what every
+    other process on the machine (or another guest on its host) took meanwhile."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 class RoundCPU(logging.Handler):
     """Reads the CPU time of a system's processes (the coordinator and its sites) when the
     coordinator logs ``round_started`` and ``round_completed``: CPU seconds per round, summed
@@ -134,20 +148,25 @@ class RoundCPU(logging.Handler):
     def __init__(self, pids: Sequence[int]) -> None:
         super().__init__(logging.DEBUG)
         self.pids = list(pids)
-        self.marks: dict[tuple[int, str], float] = {}
+        #: (round, event) -> (this system's CPU seconds, the machine's busy seconds)
+        self.marks: dict[tuple[int, str], tuple[float, float]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         event = getattr(record, "event", None)
         if event in ("round_started", "round_completed"):
-            cpu = cpu_seconds(self.pids)
-            if cpu is not None:
+            cpu, machine = cpu_seconds(self.pids), machine_busy_seconds()
+            if cpu is not None and machine is not None:
                 fields = getattr(record, "fields", None) or {}
-                self.marks[(int(fields.get("round") or 0), event)] = cpu
+                self.marks[(int(fields.get("round") or 0), event)] = (cpu, machine)
 
-    def round_cpu_s(self, round_id: int) -> float | None:
+    def round_cpu_s(self, round_id: int) -> tuple[float, float] | None:
+        """(this system's CPU seconds, everything else's) over round ``round_id``."""
         start = self.marks.get((round_id, "round_started"))
         end = self.marks.get((round_id, "round_completed"))
-        return None if start is None or end is None else end - start
+        if start is None or end is None:
+            return None
+        ours = end[0] - start[0]
+        return ours, max(0.0, (end[1] - start[1]) - ours)
 
 
 def secagg_shape(n: int) -> tuple[int, int]:
@@ -532,8 +551,10 @@ def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]
     for r in measured:
         t0, t1 = starts[r][0], completed[r]
         marks = phases.get(r, {})
+        cpu = round_cpu.round_cpu_s(r)
         entry: dict[str, Any] = {"round": r, "round_s": t1 - t0,
-                                 "cpu_s": round_cpu.round_cpu_s(r)}
+                                 "cpu_s": None if cpu is None else cpu[0],
+                                 "others_cpu_s": None if cpu is None else cpu[1]}
         if secure:
             share = marks.get("share_keys", t0)
             masked = marks.get("masked_input", share)
@@ -554,9 +575,10 @@ def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]
                            "phases_s": {k: median([x["phases_s"][k] for x in rounds])
                                         for k in (rounds[0]["phases_s"] if rounds else {})},
                            "warnings": warnings}
-    cpu = [x["cpu_s"] for x in rounds if x["cpu_s"] is not None]
-    if cpu:
-        out["cpu_s"] = median(cpu)
+    for key in ("cpu_s", "others_cpu_s"):
+        values = [x[key] for x in rounds if x[key] is not None]
+        if values:
+            out[key] = median(values)
     if secure and rounds:
         calls = [c for x in rounds for c in x["mask_calls"]]
         out["coordinator_unmask_s"] = median([x["coordinator_unmask_s"] for x in rounds])
@@ -785,18 +807,21 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, in
             cfg[WorkflowKey.CURRENT_ROUND] = current_round  # DefaultWorkflow's round loop
             grid.sent = grid.received = 0
             grid.received_train = {}
-            cpu_start = cpu_seconds(pids)
+            cpu_start, machine_start = cpu_seconds(pids), machine_busy_seconds()
             start = time.perf_counter()
             workflow(grid, context)  # the fit round, as DefaultWorkflow calls it
             seconds = time.perf_counter() - start
-            cpu_end = cpu_seconds(pids)
+            cpu_end, machine_end = cpu_seconds(pids), machine_busy_seconds()
+            cpu = (None if None in (cpu_start, cpu_end, machine_start, machine_end)
+                   else (cpu_end - cpu_start, machine_end - machine_start))
             params = parameters_to_ndarrays(compat.arrayrecord_to_parameters(
                 context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True))[0]
             error = float(np.max(np.abs((params - previous) - expected_mean)))
             previous = params.astype(np.float64)
             out.put(("round", {"mode": mode, "round": current_round, "round_s": seconds,
-                               "cpu_s": (None if cpu_start is None or cpu_end is None
-                                         else cpu_end - cpu_start),
+                               "cpu_s": None if cpu is None else cpu[0],
+                               "others_cpu_s": None if cpu is None else max(0.0,
+                                                                           cpu[1] - cpu[0]),
                                "aggregate_max_abs_error": error,
                                "upload_bytes_per_param": median(
                                    [float(b) for b in grid.received_train.values()]) / size,
@@ -865,9 +890,10 @@ def run_flower(n: int, size: int, measured_rounds: int, budget_s: float,
         entry: dict[str, Any] = {"rounds": mine}
         if measured:
             entry["round_s"] = median([r["round_s"] for r in measured])
-            cpu = [r["cpu_s"] for r in measured if r.get("cpu_s") is not None]
-            if cpu:
-                entry["cpu_s"] = median(cpu)
+            for key in ("cpu_s", "others_cpu_s"):
+                values = [r[key] for r in measured if r.get(key) is not None]
+                if values:
+                    entry[key] = median(values)
             entry["aggregate_max_abs_error"] = max(r["aggregate_max_abs_error"] for r in measured)
             entry["upload_bytes_per_param"] = median([r["upload_bytes_per_param"]
                                                       for r in measured])
@@ -944,11 +970,24 @@ def _load() -> float | None:
         return None
 
 
-def _busy(r: dict[str, Any]) -> float:
-    """The highest load average seen around this configuration's runs."""
-    loads = [x for key in ("fedtune_plain", "fedtune_secure", "flower")
-             for x in (r[key].get("load_1min") or []) if x is not None]
-    return max(loads, default=0.0)
+BUSY_SHARE = 0.15  # other processes took more than this share of the machine: "busy"
+#: shorter rounds are not judged: /proc counts in 10 ms ticks per CPU, too coarse for them
+BUSY_MIN_ROUND_S = 0.5
+
+
+def _others_share(r: dict[str, Any]) -> tuple[float, str] | None:
+    """The largest share of the machine's CPUs that other processes took during one system's
+    measured rounds (median per round), and that system's name; None if not measured or if
+    every round was shorter than ``BUSY_MIN_ROUND_S``.
+    Read from ``/proc`` over the rounds themselves, not from the lagging load average."""
+    cpus = os.cpu_count() or 1
+    fl = r["flower"]
+    systems = (("fedtune plain", r["fedtune_plain"]), ("fedtune secure", r["fedtune_secure"]),
+               ("Flower plain", fl.get("plain", {})), ("Flower SecAgg+", fl.get("secure", {})))
+    shares = [(entry["others_cpu_s"] / (seconds * cpus), name) for name, entry in systems
+              if entry.get("others_cpu_s") is not None
+              and (seconds := _seconds(entry)) and seconds >= BUSY_MIN_ROUND_S]
+    return max(shares, default=None)
 
 
 def _progress(n: int, system: str, entry: dict[str, Any]) -> None:
@@ -1118,7 +1157,7 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
     print("CPU seconds per round (medians), summed over every process of the system: the "
           "coordinator and its sites; Flower: the workflow's process and its nodes")
     header3 = ("sites", "params", "ft plain", "ft secure", "ft overhead", "flwr plain",
-               "flwr SecAgg+", "flwr overhead", "× less CPU overhead")
+               "flwr SecAgg+", "flwr overhead", "× less CPU overhead", "others, at most")
     rows3 = []
     for r in results:
         d, fl = r["derived"], r["flower"]
@@ -1129,11 +1168,14 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
             _fmt(fl.get("plain", {}).get("cpu_s")), _fmt(fl.get("secure", {}).get("cpu_s")),
             _fmt(d.get("flower_cpu_overhead_s")),
             _fmt(d.get("less_cpu_overhead_than_flower"), 1, "×"),
+            "—" if (others := _others_share(r)) is None else f"{others[0]:.0%}",
         ))
     _print_rows(header3, rows3)
     print(f"  /proc/PID/stat user + system time at round start and end (10 ms ticks per "
           f"process); on {os.cpu_count()} CPUs, wall-clock overhead is at least CPU overhead "
-          f"÷ {os.cpu_count()} when the work is parallel")
+          f"÷ {os.cpu_count()} when the work is parallel; others, at most = the largest share "
+          "of the machine that other processes (or other guests: steal time) took during one "
+          f"system's rounds, from /proc/stat (rounds of {BUSY_MIN_ROUND_S:g} s or more)")
 
     print()
     print("Targets")
@@ -1158,13 +1200,11 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
                 parts.append(f"{less:.1f}× less overhead than Flower's SecAgg+ "
                              f"{'ok' if less >= TARGET_LESS_OVERHEAD else 'MISSED'} "
                              f"(≥ {TARGET_LESS_OVERHEAD:g}×)")
-        cpus = os.cpu_count() or 1
-        # site processes of this run count in the load average (the 1-minute average lags)
-        own = r["sites"] if sites_as == "processes" else 0
-        if _busy(r) > cpus + own:
-            parts.append(f"machine busy: load average up to {_busy(r):.1f} on {cpus} CPUs "
-                         f"with {own} site processes of this run, wall times are inflated "
-                         "(CPU-time ratios less so)")
+        others = _others_share(r)
+        if others is not None and others[0] > BUSY_SHARE:
+            parts.append(f"machine busy: other processes took {others[0]:.0%} of the "
+                         f"{os.cpu_count()} CPUs during the {others[1]} rounds; wall times are "
+                         "inflated (CPU seconds much less)")
         warnings = r["fedtune_secure"].get("warnings") or []
         if warnings:
             parts.append(f"{len(warnings)} coordinator warning(s), first: {warnings[0]}")
