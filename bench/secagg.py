@@ -401,9 +401,10 @@ def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_
         sites = (ProcessSites(specs) if sites_as == "processes"
                  else ThreadSites(specs, peers, probe))
         server_logger = logging.getLogger("fedtune.server")
+        round_cpu = RoundCPU([os.getpid()])  # the site processes join once they have started
         try:
             sites.start()
-            round_cpu = RoundCPU([os.getpid(), *sites.pids()])
+            round_cpu.pids += sites.pids()
             server_logger.addHandler(round_cpu)
             started = time.perf_counter()  # the budget counts from here (processes: ready)
             finished = running.wait(timeout=budget_s)
@@ -1044,8 +1045,9 @@ def _derive(r: dict[str, Any]) -> None:
         d["flower_cpu_overhead_s"] = fl_cpu[1] - fl_cpu[0]
     if "fedtune_cpu_overhead_s" in d and "flower_cpu_overhead_s" in d:
         ours = d["fedtune_cpu_overhead_s"]
-        d["less_cpu_overhead_than_flower"] = (d["flower_cpu_overhead_s"] / ours if ours > 0
-                                              else math.inf)
+        d["less_cpu_overhead_than_flower"] = (
+            d["flower_cpu_overhead_s"] / ours if ours > 0 and d["flower_cpu_overhead_s"] > 0
+            else None)  # an overhead at or below 0 (tick noise at small sizes): no ratio
     m = r["fedtune_secure"].get("mask")
     rate = r["keystream_bytes_per_s"]
     if m:

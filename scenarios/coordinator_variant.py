@@ -88,12 +88,15 @@ class HoldingsWriter(logging.Handler):
         super().__init__(logging.INFO)
         self.recorder, self.secure, self.adversary, self.path = recorder, secure, adversary, path
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        # decided before Handler.handle takes the handler's lock: other events never wait
+        return getattr(record, "event", None) == "round_completed"
+
     def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "event", None) == "round_completed":
-            try:
-                self.write()
-            except Exception:  # noqa: BLE001  (logging's contract: report, never raise)
-                self.handleError(record)
+        try:
+            self.write()
+        except Exception:  # noqa: BLE001  (logging's contract: report, never raise)
+            self.handleError(record)
 
     def write(self) -> None:
         held = what_it_holds(self.recorder, self.secure)

@@ -57,6 +57,9 @@ class Outcome:
     initial_accuracy: float | None
     holdings: list[dict[str, Any]]
     failure: str = ""
+    #: rounds the checkpoint's history records as released: a coordinator killed between its
+    #: checkpoint and its ``round_completed`` line released a round the log does not show
+    checkpointed: tuple[int, ...] = ()
 
     @property
     def completed(self) -> int:
@@ -88,7 +91,8 @@ def collect(scenario: Scenario, fed: lf.LocalFederation,
     return Outcome(run_id=run_id, rounds=rounds, sites=sites, privacy=privacy,
                    final_accuracy=float(final.eval_accuracy) if final is not None else None,
                    initial_accuracy=float(initial) if initial is not None else None,
-                   holdings=holdings, failure=failure)
+                   holdings=holdings, failure=failure,
+                   checkpointed=tuple(sorted(int(h.round) for h in history if not h.aborted)))
 
 
 def _rounds(events: list[dict[str, Any]]) -> list[RoundRow]:

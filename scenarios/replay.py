@@ -257,9 +257,12 @@ def _updates_visible(scenario: Scenario, outcome: Outcome) -> float | None:
 
 def unexamined_rounds(outcome: Outcome) -> list[int]:
     """Released rounds that no ``coordinator-holds-N.json`` covers (a coordinator life that
-    left no record): what the coordinator held in them was never examined."""
+    left no record): what the coordinator held in them was never examined. Released means
+    completed in the log or recorded in the checkpoint's history (a coordinator killed after
+    its checkpoint, before its ``round_completed`` line, released a round the log lacks)."""
     examined = {int(r) for held in outcome.holdings for r in held.get("rounds", {})}
-    return sorted(r.round for r in outcome.rounds if not r.aborted and r.round not in examined)
+    released = {r.round for r in outcome.rounds if not r.aborted} | set(outcome.checkpointed)
+    return sorted(released - examined)
 
 
 def timestamped_dir(parent: Path, name: str) -> Path:

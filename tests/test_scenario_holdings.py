@@ -82,6 +82,13 @@ def test_a_released_round_without_holdings_leaves_updates_visible_unmeasured():
     assert _updates_visible(scenario, outcome_with([1, 2, 3], [1, 2, 3])) == 0.0
 
 
+def test_a_round_only_the_checkpoint_records_as_released_needs_holdings_too():
+    # killed after the checkpoint, before round_completed reached the log (and the writer)
+    outcome = outcome_with([2], [2])
+    outcome.checkpointed = (1, 2)
+    assert unexamined_rounds(outcome) == [1]
+
+
 def test_an_aborted_round_needs_no_holdings():
     outcome = outcome_with([1, 2], [2])
     outcome.rounds[0].aborted = True
