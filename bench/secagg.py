@@ -25,8 +25,10 @@ What it reports (medians over the measured rounds, after one warm-up round)
     * bytes one fedtune site uploads per parameter in secure mode (its ``InputChunk``
       stream), and with every other secure-phase request added;
     * masking vs the keystream bound: CPU time a site's thread spends in
-      ``SiteRound.mask_words`` ÷ (cipher bytes it expanded ÷ raw AES-256-CTR rate from
-      ``fedtune.privacy.masks.keystream_bytes_per_second``, measured in the same run).
+      ``SiteRound.mask_words`` ÷ (cipher bytes it expanded ÷ the raw rate of the AES-256-CTR
+      keystream generator masks use, ``fedtune.privacy.masks.keystream_bytes_per_second``,
+      measured in the same run; the rate of cryptography's plain ``modes.CTR`` is reported
+      beside it).
 
 Run ``python bench/secagg.py --help``; ``bench/README.md`` explains the columns and the bench
 virtual environment (``flwr`` must not go into the project's main environment).
@@ -944,6 +946,8 @@ def run_configuration(n: int, target: int, rounds: int, budget_s: float, with_fl
     # the cipher's raw rate is its best case: the best of 5 short windows, so that a burst of
     # load from other processes does not lower the bound (it is measured on the wall clock)
     r["keystream_bytes_per_s"] = max(masks.keystream_bytes_per_second(0.1) for _ in range(5))
+    r["ctr_mode_bytes_per_s"] = max(masks.keystream_bytes_per_second(0.1, generator="ctr")
+                                    for _ in range(5))
     r["np_add_s"] = memory_floor_s(n, size)
     if not with_flower:
         r["flower"] = {"skipped": "not run"}
@@ -1124,13 +1128,13 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
           "plain Flower round, same grid); × less overhead = Flower overhead ÷ fedtune overhead")
     print("  up B/param = a fedtune site's masked-input upload (serialized InputChunk bytes) ÷ m; "
           "mask ÷ bound = thread CPU time in SiteRound.mask_words ÷ "
-          "(keystream bytes ÷ AES-CTR rate)")
+          "(keystream bytes ÷ the mask generator's AES-256-CTR rate)")
 
     print()
     print("fedtune secure round: where the time goes (medians, seconds)")
     header2 = ("sites", "params", "offer+adv", "share", "input", "check+unmask+agg",
                "coord unmask", "mask cpu/site", "mask wall/site", "bound/site",
-               "replay ÷ bound", "AES-CTR GB/s", "np.add s", "up+req B/param", "flwr up B/param",
+               "replay ÷ bound", "mask GB/s", "CTR mode GB/s", "np.add s", "up+req B/param", "flwr up B/param",
                "flwr err", "ft err")
     rows2 = []
     for r in results:
@@ -1144,7 +1148,8 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
             _fmt(s.get("coordinator_unmask_s")), _fmt(mk.get("cpu_s_per_site"), 4),
             _fmt(mk.get("wall_s_per_site"), 4), _fmt(d.get("keystream_bound_s_per_site"), 4),
             _fmt(d.get("mask_replay_over_bound"), 2, "×"),
-            _fmt(r["keystream_bytes_per_s"] / 1e9, 2), _fmt(r["np_add_s"], 4),
+            _fmt(r["keystream_bytes_per_s"] / 1e9, 2),
+            _fmt(r.get("ctr_mode_bytes_per_s", 0.0) / 1e9, 2), _fmt(r["np_add_s"], 4),
             _fmt(s.get("bytes", {}).get("upload_bytes_per_param_with_requests"), 4),
             _fmt(fl_secure.get("upload_bytes_per_param"), 3),
             _sci(fl_secure.get("aggregate_max_abs_error")),
@@ -1153,7 +1158,9 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
     _print_rows(header2, rows2)
     print("  phases from the coordinator's events; coord unmask = SecureSum.unmask (reconstruct "
           "seeds, remove masks, decode); replay = one site's mask re-run alone after the run; "
-          "err = max |Δ aggregate − mean update| over the measured rounds")
+          "err = max |Δ aggregate − mean update| over the measured rounds; mask GB/s = the "
+          "AES-256-CTR generator masks use (OpenSSL's GCM code), CTR mode GB/s = the same "
+          "keystream through cryptography's modes.CTR")
 
     print()
     print("CPU seconds per round (medians), summed over every process of the system: the "

@@ -32,6 +32,7 @@ from fedtune.logs import log_event
 from fedtune.privacy.distributed_dp import site_encode
 from fedtune.privacy.input_encoding import InputEncoding, clip_update, encode
 from fedtune.privacy.masks import word_dtype
+from fedtune.privacy.quantization import RoundingCoins
 from fedtune.privacy.secagg import RoundParameters, SecAggError, SiteRound
 from fedtune.privacy.signatures import (
     SignatureError,
@@ -180,11 +181,11 @@ class SecureSiteMixin:
             "train_count": metrics.train_count, "eval_loss_sum": metrics.eval_loss_sum,
             "eval_correct": metrics.eval_correct, "eval_count": metrics.eval_count,
         }
-        # rounding and DP noise must be secret: a fresh generator seeded from the OS
-        rng = np.random.default_rng(secrets.randbits(128))
         n_clipped = 0
         if job.site_dp.mode == "distributed" and not accepted.offer.evaluate_only:
-            # clip → rotate → scale → round → Skellam noise, in the ring (Agarwal et al. 2021)
+            # clip → rotate → scale → round → Skellam noise, in the ring (Agarwal et al. 2021);
+            # rounding and noise must be secret: a fresh generator seeded from the OS
+            rng = np.random.default_rng(secrets.randbits(128))
             dp = distributed_params(job, vector.shape[0])
             update_part = site_encode(vector.astype(np.float64), dp,
                                       rotation_seed(accepted.offer.round_seed), rng)
@@ -194,7 +195,9 @@ class SecureSiteMixin:
             # w·clip(Δ, ±R) = clip(w·Δ, ±w·R): the bound the quantiser was scaled for
             bound = max(metrics.weight, 1.0) * enc.value_range
             clipped, n_clipped = clip_update(vector, bound)
-            quantised = encode(clipped, metric_values, enc, rng, word=True)
+            # secret rounding: AES-256-CTR words under a fresh key from the OS
+            coins = RoundingCoins(secrets.token_bytes(32))
+            quantised = encode(clipped, metric_values, enc, coins, word=True)
         try:
             masked = state.secrets.mask_words(quantised)  # in place: quantised is now masked
         except SecAggError as exc:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .masks import word_dtype
-from .quantization import dequantize, quantize, scale_for
+from .quantization import RoundingCoins, dequantize, quantize, scale_for
 
 COUNT_FIELDS = ("weight", "train_count", "eval_correct", "eval_count")
 LOSS_FIELDS = ("train_loss_sum", "eval_loss_sum")
@@ -91,12 +91,13 @@ def clip_update(delta: np.ndarray, value_range: float) -> tuple[np.ndarray, int]
 
 
 def encode(weighted_update: np.ndarray, metrics: dict[str, float], enc: InputEncoding,
-           rng: np.random.Generator, word: bool = False) -> np.ndarray:
+           rng: np.random.Generator | RoundingCoins, word: bool = False) -> np.ndarray:
     """Quantise ``[w·Δ | metrics]`` into Z_(2^bits) (uint64), clipping the update to
     ``±update_bound`` and the metrics to their caps. ``weighted_update`` (float32 or float64)
     is never written. With ``word=True`` the residues come in the ring's accumulator word
     (:func:`fedtune.privacy.masks.word_dtype`: uint32 up to 32 bits), which a site masks in
-    place and sends as it is."""
+    place and sends as it is. ``rng`` is the rounding randomness
+    (:mod:`fedtune.privacy.quantization`): a site passes fresh :class:`RoundingCoins`."""
     if weighted_update.shape != (enc.length,):
         raise ValueError(f"update has shape {weighted_update.shape}, expected ({enc.length},)")
     update, _ = clip_update(weighted_update, enc.update_bound)

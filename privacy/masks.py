@@ -5,12 +5,23 @@ et al. 2017, §4, "PRG"); fedtune's PRG is AES-256 in counter mode (NIST SP 800-
 from pyca/cryptography, never a seeded statistical generator (DESIGN.md §3.4): a mask must
 be unpredictable to anyone without the key, and numpy's or Python's generators are not.
 
-Keystream layout. The initial counter block is 16 zero bytes, incremented as a 128-bit
-big-endian integer per block (SP 800-38A Appendix B.1, as cryptography's ``modes.CTR`` does).
-A fixed counter is safe only because of this module's invariant: **every key expands exactly
-one mask** (keys are derived per run, round, purpose and pair by
+Keystream layout. A mask's first counter block is :data:`MASK_COUNTER`, 96 zero bits and
+then the 32-bit big-endian integer 2; each further block adds 1 to those last 32 bits
+(SP 800-38A Appendix B.1 allows incrementing any m low bits). At most
+:data:`MAX_KEYSTREAM_BYTES` come from one key, so the counter never wraps and the same stream
+is what cryptography's ``modes.CTR(MASK_COUNTER)`` (a 128-bit increment) yields. A fixed
+counter is safe only because of this module's invariant: **every key expands exactly one
+mask** (keys are derived per run, round, purpose and pair by
 :mod:`fedtune.privacy.key_agreement`, and key pairs are fresh per round). Reusing a key for
 two different masks would reuse the keystream.
+
+Why that counter. The keystream is generated through OpenSSL's AES-GCM encryptor with a
+96-bit zero IV: GCM encrypts with exactly this counter sequence (SP 800-38D §7.1: the blocks
+``inc32(J0)``, ``inc32(inc32(J0))``, ... with ``J0 = IV || 0^31 || 1``), so its ciphertext of
+zeros *is* the AES-256-CTR keystream above; the authentication tag it also computes is never
+used. OpenSSL runs GCM with VAES / AVX-512 where the CPU has them and CTR without: 9.5 GB/s
+against 4.6 GB/s for AES-256 on these machines (docs/decisions.md). Tests check the stream
+against ``modes.CTR``, pycryptodome's CTR and the GCM known answer for a zero key.
 
 For ``bits <= 32`` each element takes 4 keystream bytes read as a little-endian uint32; for
 ``33 <= bits <= 62`` 8 bytes as a little-endian uint64; the value is then reduced to its low
@@ -34,6 +45,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 KEY_BYTES = 32
 BLOCK_BYTES = 16
 ZERO_COUNTER = bytes(BLOCK_BYTES)
+#: GCM's 96-bit IV for every mask: one key, one mask, so the IV may be fixed
+_MASK_IV = bytes(12)
+#: the counter block of a mask's first keystream block: inc32(IV || 0^31 || 1)
+MASK_COUNTER = _MASK_IV + (2).to_bytes(4, "big")
+#: the most keystream one key yields: 2^32 - 2 blocks, until the 32-bit counter from 2 would
+#: wrap (also GCM's plaintext limit of 2^39 - 256 bits)
+MAX_KEYSTREAM_BYTES = (2**32 - 2) * BLOCK_BYTES
 MIN_BITS = 1
 MAX_BITS = 62
 _CHUNK_BYTES = 1 << 18  # keystream written per update_into call (cache-sized)
@@ -53,8 +71,11 @@ class MaskError(ValueError):
 def aes_ctr_keystream(key: bytes, n_bytes: int, counter_block: bytes = ZERO_COUNTER) -> bytes:
     """``n_bytes`` of AES-256-CTR keystream from ``counter_block`` (SP 800-38A §6.5).
 
-    :func:`expand_mask` always uses :data:`ZERO_COUNTER`; the parameter exists so the
-    keystream can be checked against the SP 800-38A F.5.5 known-answer vector.
+    Through cryptography's ``modes.CTR``. Masks use the same keystream from
+    :data:`MASK_COUNTER` (module docstring); the parameter exists so the keystream can be
+    checked against the SP 800-38A F.5.5 known-answer vector, and
+    :mod:`fedtune.privacy.distributed_dp` draws its public rotation signs from
+    :data:`ZERO_COUNTER`.
     """
     _check_key(key)
     if n_bytes < 0:
@@ -64,7 +85,8 @@ def aes_ctr_keystream(key: bytes, n_bytes: int, counter_block: bytes = ZERO_COUN
             f"an AES-CTR counter block is {BLOCK_BYTES} bytes, got {len(counter_block)}"
         )
     buf = bytearray(n_bytes + BLOCK_BYTES - 1)
-    _keystream_into(key, counter_block, n_bytes, buf)
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(counter_block)).encryptor()
+    _keystream_into(encryptor, n_bytes, buf)
     return bytes(buf[:n_bytes])
 
 
@@ -78,11 +100,12 @@ def expand_mask(key: bytes, length: int, bits: int) -> U64Array:
     _check_bits(bits)
     if length < 0:
         raise MaskError(f"mask length must be >= 0, got {length}")
+    _check_length(length, 4 if bits <= 32 else 8)
     modulus_mask = np.uint64(_modulus_mask(bits))
     if bits <= 32:
         # 4 keystream bytes per element, widened to uint64 and reduced in one pass.
         buf = np.empty(4 * length + BLOCK_BYTES - 1, dtype=np.uint8)  # not zero-filled
-        _keystream_into(key, ZERO_COUNTER, 4 * length, buf.data)
+        _keystream_into(keystream_encryptor(key), 4 * length, buf.data)
         words = np.frombuffer(buf, dtype="<u4", count=length)
         mask: U64Array = np.empty(length, dtype=np.uint64)
         np.bitwise_and(words, modulus_mask, out=mask)
@@ -90,7 +113,7 @@ def expand_mask(key: bytes, length: int, bits: int) -> U64Array:
     # 8 bytes per element: the cipher writes straight into the result; astype is free on
     # little-endian machines and a byte-swapping copy on big-endian ones.
     wide = np.empty(length + 2, dtype="<u8")  # update_into needs 15 bytes of slack
-    _keystream_into(key, ZERO_COUNTER, 8 * length, wide.data)
+    _keystream_into(keystream_encryptor(key), 8 * length, wide.data)
     mask = wide[:length].astype(np.uint64, copy=False)
     mask &= modulus_mask
     return mask
@@ -133,9 +156,10 @@ def accumulate_masks(acc: npt.NDArray[Any], keys: Sequence[tuple[bytes, bool]],
         raise MaskError(f"accumulator must be a contiguous 1-D {np.dtype(dtype).name} array")
     width = np.dtype(dtype).itemsize
     n = acc.shape[0]
+    _check_length(n, width)
     per_chunk = _CHUNK_BYTES // width
-    streams = [(Cipher(algorithms.AES(key), modes.CTR(ZERO_COUNTER)).encryptor(),
-                np.subtract if subtract else np.add) for key, subtract in keys]
+    streams = [(keystream_encryptor(key), np.subtract if subtract else np.add)
+               for key, subtract in keys]
     buf = _scratch()
     view = buf.data.cast("B")
     zeros = _ZEROS
@@ -147,8 +171,6 @@ def accumulate_masks(acc: npt.NDArray[Any], keys: Sequence[tuple[bytes, bool]],
         for encryptor, op in streams:
             encryptor.update_into(zeros[: m * width], view[: m * width + BLOCK_BYTES - 1])
             op(chunk, words, out=chunk, casting="unsafe")
-    for encryptor, _ in streams:
-        encryptor.finalize()
 
 
 def reduce_mod(acc: npt.NDArray[Any], bits: int) -> U64Array:
@@ -213,20 +235,29 @@ def word_sum(arrays: Sequence[npt.NDArray[Any]], bits: int) -> U64Array:
     return reduce_mod(total, bits)
 
 
-def keystream_bytes_per_second(seconds: float = 0.2) -> float:
-    """MEASUREMENT HELPER (not part of the pure protocol layer): the raw AES-256-CTR keystream
+def keystream_bytes_per_second(seconds: float = 0.2, generator: str = "mask") -> float:
+    """MEASUREMENT HELPER (not part of the pure protocol layer): the raw AES-256 keystream
     rate of this machine, in bytes per second, measured for about ``seconds``.
 
-    The benchmark divides per-site masking time by (keystream bytes generated ÷ this rate) to
-    show how close masking is to the cipher's physical bound. This is the only function in
-    ``privacy/`` that reads a clock; its key is random and its output is discarded.
+    ``generator="mask"`` measures the generator masks use (OpenSSL's GCM encryptor, module
+    docstring); ``"ctr"`` measures cryptography's ``modes.CTR``, the same keystream through
+    OpenSSL's CTR code, for comparison. The benchmark divides per-site masking time by
+    (keystream bytes generated ÷ the mask generator's rate) to show how close masking is to
+    the cipher's physical bound. This is the only function in ``privacy/`` that reads a clock;
+    its key is random and its output is discarded.
     """
     if not (math.isfinite(seconds) and seconds > 0):
         raise MaskError(f"measurement time must be > 0 seconds, got {seconds}")
+    key = os.urandom(KEY_BYTES)
+    if generator == "mask":
+        encryptor = keystream_encryptor(key)
+    elif generator == "ctr":
+        encryptor = Cipher(algorithms.AES(key), modes.CTR(MASK_COUNTER)).encryptor()
+    else:
+        raise MaskError(f"generator must be 'mask' or 'ctr', got {generator!r}")
     chunk = _CHUNK_BYTES
     zeros = bytes(chunk)
     buf = bytearray(chunk + BLOCK_BYTES - 1)
-    encryptor = Cipher(algorithms.AES(os.urandom(KEY_BYTES)), modes.CTR(ZERO_COUNTER)).encryptor()
     encryptor.update_into(zeros, buf)  # warm-up
     done = 0
     start = time.perf_counter()
@@ -238,20 +269,27 @@ def keystream_bytes_per_second(seconds: float = 0.2) -> float:
             return done / elapsed
 
 
-def _keystream_into(
-    key: bytes, counter_block: bytes, n_bytes: int, buf: bytearray | memoryview
-) -> None:
-    """Write ``n_bytes`` of keystream into ``buf`` (which has 15 bytes of slack, as
-    ``update_into`` requires). Encrypting zeros yields the keystream; doing it in chunks into
-    the caller's buffer keeps the zero input in cache and allocates no intermediate bytes,
-    which measured about twice as fast as one ``update()`` call for mask-sized outputs."""
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(counter_block)).encryptor()
+def keystream_encryptor(key: bytes) -> Any:
+    """The AES-256-CTR keystream from :data:`MASK_COUNTER` for ``key``, as an encryptor whose
+    ciphertext of zeros is that keystream: AES-GCM with the zero 96-bit IV (module
+    docstring). Its tag is never computed or used. Masks and
+    :class:`fedtune.privacy.quantization.RoundingCoins` draw from it; give it at most
+    :data:`MAX_KEYSTREAM_BYTES` of zeros."""
+    _check_key(key)
+    return Cipher(algorithms.AES(key), modes.GCM(_MASK_IV)).encryptor()
+
+
+def _keystream_into(encryptor: Any, n_bytes: int, buf: bytearray | memoryview) -> None:
+    """Write ``n_bytes`` of ``encryptor``'s keystream into ``buf`` (which has 15 bytes of
+    slack, as ``update_into`` requires). Encrypting zeros yields the keystream; doing it in
+    chunks into the caller's buffer keeps the zero input in cache and allocates no
+    intermediate bytes, which measured about twice as fast as one ``update()`` call for
+    mask-sized outputs. The encryptor is not finalised (no tag is wanted)."""
     out = memoryview(buf).cast("B")
     zeros = _ZEROS
     for start in range(0, n_bytes, _CHUNK_BYTES):
         size = min(_CHUNK_BYTES, n_bytes - start)
         encryptor.update_into(zeros[:size], out[start : start + size + BLOCK_BYTES - 1])
-    encryptor.finalize()
 
 
 def _scratch() -> npt.NDArray[np.uint8]:
@@ -268,6 +306,12 @@ def _modulus_mask(bits: int) -> int:
 def _check_bits(bits: int) -> None:
     if isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
         raise MaskError(f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+
+
+def _check_length(length: int, width: int) -> None:
+    if length * width > MAX_KEYSTREAM_BYTES:
+        raise MaskError(f"a mask of {length} elements of {width} bytes needs more than "
+                        f"{MAX_KEYSTREAM_BYTES} keystream bytes, the most one key yields")
 
 
 def _check_key(key: bytes) -> None:

@@ -1,4 +1,4 @@
-"""AES-256-CTR mask expansion into Z_(2^b) and modular arithmetic on masks."""
+"""AES-256-CTR mask expansion (generated through AES-GCM) into Z_(2^b) and modular arithmetic on masks."""
 
 from __future__ import annotations
 
@@ -30,17 +30,58 @@ def test_aes_ctr_keystream_matches_sp800_38a_f55() -> None:
     assert bytes(p ^ s for p, s in zip(plaintext, stream, strict=True)) == ciphertext
 
 
-def test_mask_keystream_starts_at_counter_zero_and_counts_up() -> None:
-    # Block i of the keystream is AES_K(i) with i a 128-bit big-endian counter.
+def test_default_keystream_starts_at_counter_zero_and_counts_up() -> None:
+    # Block i of aes_ctr_keystream's default stream is AES_K(i), i a 128-bit big-endian counter.
     ecb = Cipher(algorithms.AES(KEY), modes.ECB()).encryptor()
     blocks = b"".join(ecb.update(i.to_bytes(16, "big")) for i in range(4))
     assert masks.aes_ctr_keystream(KEY, 64) == blocks
 
 
+def test_mask_keystream_is_aes_ctr_from_the_mask_counter() -> None:
+    # Block i of a mask's keystream is AES_K(0^96 || 2 + i): read 4 blocks as 16 words.
+    ecb = Cipher(algorithms.AES(KEY), modes.ECB()).encryptor()
+    blocks = b"".join(ecb.update(bytes(12) + (2 + i).to_bytes(4, "big")) for i in range(4))
+    assert masks.MASK_COUNTER == bytes(12) + (2).to_bytes(4, "big")
+    np.testing.assert_array_equal(masks.expand_mask(KEY, 16, 32),
+                                  np.frombuffer(blocks, dtype="<u4").astype(np.uint64))
+
+
+def test_mask_keystream_matches_the_gcm_known_answer_for_a_zero_key() -> None:
+    # McGrew and Viega, "The Galois/Counter Mode of Operation", test case 14: K = 0^256,
+    # IV = 0^96, P = 0^128 gives C = cea7403d..., the first block of the zero key's keystream.
+    first = np.frombuffer(bytes.fromhex("cea7403d4d606b6e074ec5d3baf39d18"), dtype="<u4")
+    np.testing.assert_array_equal(masks.expand_mask(bytes(32), 4, 32), first.astype(np.uint64))
+
+
+def test_mask_keystream_equals_ctr_mode_across_chunk_boundaries() -> None:
+    # 800,012 bytes: three whole 256 KiB chunks and a part, none a multiple of the block size
+    length = 200_003
+    ctr = Cipher(algorithms.AES(KEY), modes.CTR(masks.MASK_COUNTER)).encryptor()
+    expected = np.frombuffer(ctr.update(bytes(4 * length)), dtype="<u4").astype(np.uint64)
+    np.testing.assert_array_equal(masks.expand_mask(KEY, length, 32), expected)
+    acc = np.zeros(length, dtype=np.uint32)
+    masks.accumulate_masks(acc, [(KEY, False)], 32)
+    np.testing.assert_array_equal(acc.astype(np.uint64), expected)
+
+
+def test_a_mask_longer_than_one_key_may_expand_is_refused_before_any_allocation() -> None:
+    too_long = masks.MAX_KEYSTREAM_BYTES // 4 + 1
+    with pytest.raises(masks.MaskError, match="the most one key yields"):
+        masks.expand_mask(KEY, too_long, 32)
+    with pytest.raises(masks.MaskError, match="the most one key yields"):
+        masks.expand_mask(KEY, masks.MAX_KEYSTREAM_BYTES // 8 + 1, 40)
+
+
+def test_the_mask_generator_and_ctr_mode_rates_are_both_measured() -> None:
+    assert masks.keystream_bytes_per_second(0.01, generator="ctr") > 1e6
+    with pytest.raises(masks.MaskError, match="generator"):
+        masks.keystream_bytes_per_second(0.01, generator="ofb")
+
+
 @pytest.mark.parametrize("bits", [32, 40])
 def test_mask_equals_independent_aes_ctr_read_little_endian(bits: int) -> None:
     width = 4 if bits <= 32 else 8
-    reference = AES.new(KEY, AES.MODE_CTR, nonce=b"", initial_value=bytes(16))
+    reference = AES.new(KEY, AES.MODE_CTR, nonce=b"", initial_value=masks.MASK_COUNTER)
     stream = reference.encrypt(bytes(1000 * width))
     words = np.frombuffer(stream, dtype=f"<u{width}").astype(np.uint64)
     expected = words & np.uint64((1 << bits) - 1)

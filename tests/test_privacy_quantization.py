@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedtune.privacy import masks
 from fedtune.privacy import quantization as qz
@@ -68,11 +69,18 @@ def test_modular_sum_of_quantised_vectors_equals_their_integer_sum() -> None:
     assert _signed(modular_sum, bits) == integer_sum  # no wrap: the signed reading is exact
 
 
+def _coins(seed: int) -> qz.RoundingCoins:
+    return qz.RoundingCoins(bytes([seed]) * 32)  # fixed keys: the results are fixed too
+
+
+SOURCES = {"generator": lambda seed: np.random.default_rng(seed), "coins": _coins}
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
 @pytest.mark.parametrize("value", [0.3, -0.7, 2.25, -1.999])
-def test_stochastic_rounding_is_unbiased(value: float) -> None:
-    rng = np.random.default_rng(4)
+def test_stochastic_rounding_is_unbiased(value: float, source: str) -> None:
     draws = 40_000
-    q = qz.quantize(np.full(draws, value), 1.0, 16, rng)
+    q = qz.quantize(np.full(draws, value), 1.0, 16, SOURCES[source](4))
     decoded = qz.dequantize(q, 1.0, 16)
     frac = value - math.floor(value)
     sigma_of_mean = math.sqrt(frac * (1 - frac) / draws)
@@ -88,8 +96,9 @@ def test_quantize_never_writes_the_callers_array() -> None:
     assert np.array_equal(x, before)
 
 
-def test_values_already_on_the_grid_are_exact() -> None:
-    q = qz.quantize(np.array([0.0, 0.25, -0.5, 3.0]), 4.0, 8, np.random.default_rng(5))
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_values_already_on_the_grid_are_exact(source: str) -> None:
+    q = qz.quantize(np.array([0.0, 0.25, -0.5, 3.0]), 4.0, 8, SOURCES[source](5))
     assert q.tolist() == [0, 1, 256 - 2, 12]
 
 
@@ -180,3 +189,57 @@ def test_a_non_finite_value_in_a_later_chunk_is_refused() -> None:
     x[140_000] = np.nan
     with pytest.raises(qz.QuantizationError, match="NaN or infinite"):
         qz.quantize(x, 1.0, 32, np.random.default_rng(0))
+
+
+def _reference_coin_quantize(x: np.ndarray, scale: float, bits: int, key: bytes) -> np.ndarray:
+    """The coin definition in one expression, with the words from cryptography's modes.CTR:
+    floor(v) + [word < (v - floor(v))·2^32]."""
+    v = np.asarray(x, dtype=np.float64) * scale
+    floor = np.floor(v)
+    ctr = Cipher(algorithms.AES(key), modes.CTR(masks.MASK_COUNTER)).encryptor()
+    words = np.frombuffer(ctr.update(bytes(4 * v.size)), dtype="<u4")
+    signed = (floor + (words < (v - floor) * 2.0**32)).astype(np.int64)
+    return signed.view(np.uint64) & np.uint64((1 << bits) - 1)
+
+
+@pytest.mark.parametrize("length", [1, 65_536, 150_001])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_coin_quantisation_equals_its_definition_with_an_independent_keystream(
+        length: int, dtype) -> None:
+    # the words continue across chunks (150,001 crosses two boundaries), into a uint32 out too
+    x = np.random.default_rng(length).uniform(-3, 3, length).astype(dtype)
+    scale = qz.scale_for(4, 3.0, 32)
+    key = bytes(range(32))
+    expected = _reference_coin_quantize(x, scale, 32, key)
+    np.testing.assert_array_equal(qz.quantize(x, scale, 32, qz.RoundingCoins(key)), expected)
+    word = np.empty(length, dtype=np.uint32)
+    qz.quantize(x, scale, 32, qz.RoundingCoins(key), out=word)
+    np.testing.assert_array_equal(word.astype(np.uint64), expected)
+
+
+def test_coins_round_a_fraction_up_as_often_as_its_size() -> None:
+    # frac = 1/3: the share of round-ups is 1/3 within 5 sigma over 10^6 coordinates
+    q = qz.quantize(np.full(1_000_000, 1 / 3), 1.0, 16, qz.RoundingCoins(bytes(32)))
+    ups = int(np.count_nonzero(q == 1))
+    assert int(np.count_nonzero(q == 0)) + ups == 1_000_000
+    assert abs(ups / 1e6 - 1 / 3) < 5 * math.sqrt(2 / 9 / 1e6)
+
+
+def test_rounding_coins_need_a_32_byte_key() -> None:
+    with pytest.raises(qz.QuantizationError, match="rounding coins"):
+        qz.RoundingCoins(bytes(16))
+
+
+def test_quantize_refuses_another_source_of_randomness() -> None:
+    with pytest.raises(qz.QuantizationError, match="Generator or RoundingCoins"):
+        qz.quantize(np.zeros(3), 1.0, 16, np.random.RandomState(0))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("position", [0, 150_000])
+def test_a_refused_input_leaves_out_untouched(position: int) -> None:
+    x = np.zeros(150_001)
+    x[position] = 1e12  # beyond 32 bits at scale 1
+    out = np.full(150_001, 7, dtype=np.uint32)
+    with pytest.raises(qz.QuantizationError, match="clip x"):
+        qz.quantize(x, 1.0, 32, _coins(1), out=out)
+    assert np.all(out == 7)
