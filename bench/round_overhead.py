@@ -332,9 +332,10 @@ class ZeroWorkSite(SiteAgent):
                                              weight=1.0)
 
     def _input_stream(self, ref: pb.RoundRef, vector: np.ndarray,  # type: ignore[override]
-                      metrics: pb.PlainMetrics) -> Iterator[pb.InputChunk]:
+                      metrics: pb.PlainMetrics, spec: pb.TensorSpec | None = None
+                      ) -> Iterator[pb.InputChunk]:
         total = count = 0
-        for message in SiteAgent._input_stream(ref, vector, metrics):
+        for message in SiteAgent._input_stream(ref, vector, metrics, spec):
             total += message.ByteSize()
             count += 1
             yield message

@@ -538,10 +538,11 @@ class SiteAgent(SecureSiteMixin):
         if metrics is not None:
             extra["metrics_sha256"] = hashlib.sha256(
                 metrics.SerializeToString(deterministic=True)).hexdigest()
+        spec = spec_for(vector)  # hashed once: for the egress record and the header
         self._send("SubmitInput", ref, lambda: self._stub.SubmitInput(
-            self._input_stream(ref, vector, metrics), metadata=self._metadata(),
+            self._input_stream(ref, vector, metrics, spec), metadata=self._metadata(),
             timeout=CALL_TIMEOUT_S + vector.nbytes / 5e6),
-            sha256=spec_for(vector).sha256, size=vector.nbytes, **extra)
+            sha256=spec.sha256, size=vector.nbytes, **extra)
 
     def compute_input(self, job: JobConfig, global_params: np.ndarray, evaluate_only: bool,
                       round_id: int) -> tuple[np.ndarray, pb.PlainMetrics]:
@@ -576,9 +577,11 @@ class SiteAgent(SecureSiteMixin):
         return (weight * delta).astype(np.float32), metrics
 
     @staticmethod
-    def _input_stream(ref: pb.RoundRef, vector: np.ndarray,
-                      metrics: pb.PlainMetrics | None) -> Iterator[pb.InputChunk]:
-        header = pb.InputHeader(ref=ref, vector=spec_for(vector))
+    def _input_stream(ref: pb.RoundRef, vector: np.ndarray, metrics: pb.PlainMetrics | None,
+                      spec: pb.TensorSpec | None = None) -> Iterator[pb.InputChunk]:
+        """The InputChunk stream of ``vector``: a header with its spec (``spec`` when the
+        caller has already computed it), then the bytes."""
+        header = pb.InputHeader(ref=ref, vector=spec if spec is not None else spec_for(vector))
         if metrics is not None:  # plain mode only; secure mode masks them into the vector
             header.metrics.CopyFrom(metrics)
         yield pb.InputChunk(header=header)
