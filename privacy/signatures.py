@@ -7,6 +7,8 @@ can never be replayed as another (advertising keys, approving a survivor list).
 
 from __future__ import annotations
 
+import functools
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -35,8 +37,16 @@ def sign(private_key: Ed25519PrivateKey, message: bytes) -> bytes:
 
 
 def public_key_from_raw(raw: bytes) -> Ed25519PublicKey:
+    """The Ed25519 public key with these 32 raw bytes. Loaded keys are kept (they are
+    immutable): a site checks the same peers' keys in every round, and loading one costs a
+    quarter of a verification."""
     if len(raw) != 32:
         raise SignatureError(f"an Ed25519 public key is 32 bytes, got {len(raw)}")
+    return _loaded_public_key(bytes(raw))
+
+
+@functools.lru_cache(maxsize=4096)
+def _loaded_public_key(raw: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
