@@ -97,7 +97,8 @@ def encode(weighted_update: np.ndarray, metrics: dict[str, float], enc: InputEnc
     is never written. With ``word=True`` the residues come in the ring's accumulator word
     (:func:`fedtune.privacy.masks.word_dtype`: uint32 up to 32 bits), which a site masks in
     place and sends as it is. ``rng`` is the rounding randomness
-    (:mod:`fedtune.privacy.quantization`): a site passes fresh :class:`RoundingCoins`."""
+    (:mod:`fedtune.privacy.quantization`): a secure site passes fresh :class:`RoundingCoins`,
+    except under distributed DP, where the metrics share the noise's OS-seeded generator."""
     if weighted_update.shape != (enc.length,):
         raise ValueError(f"update has shape {weighted_update.shape}, expected ({enc.length},)")
     update, _ = clip_update(weighted_update, enc.update_bound)

@@ -18,10 +18,11 @@ two different masks would reuse the keystream.
 Why that counter. The keystream is generated through OpenSSL's AES-GCM encryptor with a
 96-bit zero IV: GCM encrypts with exactly this counter sequence (SP 800-38D §7.1: the blocks
 ``inc32(J0)``, ``inc32(inc32(J0))``, ... with ``J0 = IV || 0^31 || 1``), so its ciphertext of
-zeros *is* the AES-256-CTR keystream above; the authentication tag it also computes is never
-used. OpenSSL runs GCM with VAES / AVX-512 where the CPU has them and CTR without: 9.5 GB/s
-against 4.6 GB/s for AES-256 on these machines (docs/decisions.md). Tests check the stream
-against ``modes.CTR``, pycryptodome's CTR and the GCM known answer for a zero key.
+zeros *is* the AES-256-CTR keystream above. GHASH runs alongside, but no tag is ever
+produced (the context is never finalised). OpenSSL runs GCM with VAES / AVX-512 where the
+CPU has them and CTR without: 9.5 GB/s against 4.6 GB/s for AES-256 on these machines
+(docs/decisions.md §16). Tests check the stream against ``modes.CTR``, pycryptodome's CTR and
+the GCM known answer for a zero key.
 
 For ``bits <= 32`` each element takes 4 keystream bytes read as a little-endian uint32; for
 ``33 <= bits <= 62`` 8 bytes as a little-endian uint64; the value is then reduced to its low

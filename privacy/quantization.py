@@ -124,6 +124,7 @@ def quantize(x: npt.ArrayLike, scale: float, bits: int,
     """
     _check_bits(bits)
     _check_scale(scale)
+    scale = float(scale)  # a numpy scalar would make the range check below inexact
     values = np.asarray(x)
     if values.dtype not in (np.float32, np.float64):
         values = values.astype(np.float64)

@@ -243,3 +243,21 @@ def test_a_refused_input_leaves_out_untouched(position: int) -> None:
     with pytest.raises(qz.QuantizationError, match="clip x"):
         qz.quantize(x, 1.0, 32, _coins(1), out=out)
     assert np.all(out == 7)
+
+
+def test_rounding_coins_continue_mid_block_like_ctr_mode() -> None:
+    # encode() shares one RoundingCoins across three quantize calls of m, 4 and 2 words: the
+    # stream must continue inside a 16-byte block exactly as one CTR stream does
+    key = bytes(range(32, 64))
+    coins = qz.RoundingCoins(key)
+    got = np.concatenate([coins.words(n).copy() for n in (3, 5, 1, 65_536, 7)])
+    ctr = Cipher(algorithms.AES(key), modes.CTR(masks.MASK_COUNTER)).encryptor()
+    np.testing.assert_array_equal(got, np.frombuffer(ctr.update(bytes(4 * got.size)), "<u4"))
+
+
+@pytest.mark.parametrize("scale_type", [float, np.float64, np.float32])
+def test_the_range_check_is_exact_whatever_type_the_scale_has(scale_type) -> None:
+    # 2^54 at 55 bits is beyond 2^54 - 2 (what 55 bits hold after rounding): refused also when
+    # the scale is a numpy scalar, whose arithmetic would round the limit
+    with pytest.raises(qz.QuantizationError, match="clip x"):
+        qz.quantize(np.array([2.0**54]), scale_type(1.0), 55, np.random.default_rng(0))
