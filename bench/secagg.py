@@ -1149,7 +1149,7 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
             _fmt(mk.get("wall_s_per_site"), 4), _fmt(d.get("keystream_bound_s_per_site"), 4),
             _fmt(d.get("mask_replay_over_bound"), 2, "×"),
             _fmt(r["keystream_bytes_per_s"] / 1e9, 2),
-            _fmt(r.get("ctr_mode_bytes_per_s", 0.0) / 1e9, 2), _fmt(r["np_add_s"], 4),
+            _fmt(r["ctr_mode_bytes_per_s"] / 1e9, 2), _fmt(r["np_add_s"], 4),
             _fmt(s.get("bytes", {}).get("upload_bytes_per_param_with_requests"), 4),
             _fmt(fl_secure.get("upload_bytes_per_param"), 3),
             _sci(fl_secure.get("aggregate_max_abs_error")),

@@ -18,7 +18,7 @@ from fedtune.federation import load_federation
 from fedtune.identity import load_identity
 from fedtune.peers import load_peers
 from fedtune.policy import load_policy
-from fedtune.privacy.quantization import dequantize
+from fedtune.privacy.quantization import RoundingCoins, dequantize
 from fedtune.scenarios.adversaries import (
     BothLists,
     InconsistentLists,
@@ -131,9 +131,11 @@ def test_no_buffer_the_coordinator_receives_or_stores_is_a_single_sites_update(
     from fedtune.client import secure_phases
 
     sent: list[np.ndarray] = []
+    rounding: list[object] = []
     original = secure_phases.encode
 
     def recording_encode(*args, **kwargs):
+        rounding.append(args[3])  # the source of the rounding randomness
         quantised = original(*args, **kwargs)
         sent.append(quantised.astype(np.uint64))  # a copy: the site masks it in place
         return quantised
@@ -146,6 +148,9 @@ def test_no_buffer_the_coordinator_receives_or_stores_is_a_single_sites_update(
     assert sum(not h.aborted for h in coordinator.history) == 3
     received = [r.payload.astype(np.uint64) for r in recorder.masked_inputs()]  # uint32 words
     assert len(received) == len(sent) == 9  # 3 sites × (2 training + 1 evaluation rounds)
+    # every input was rounded with fresh AES-CTR coins (a CSPRNG), never a statistical generator
+    assert all(isinstance(r, RoundingCoins) for r in rounding)
+    assert len({id(r) for r in rounding}) == len(rounding)
     scale = 1.0  # any fixed reading of the ring: a masked vector is far from every input
     for y in received:
         for x in sent:
