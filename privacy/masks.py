@@ -216,11 +216,13 @@ def mod_sum(arrays: Sequence[U64Array], bits: int) -> U64Array:
     return total
 
 
-def word_sum(arrays: Sequence[npt.NDArray[Any]], bits: int) -> U64Array:
-    """``(Σ arrays) mod 2^bits`` as uint64, over arrays in the ring's accumulator word
+def word_sum(arrays: Sequence[npt.NDArray[Any]], bits: int) -> npt.NDArray[Any]:
+    """``(Σ arrays) mod 2^bits`` over arrays in the ring's accumulator word
     (:func:`word_dtype`; the wire format of masked inputs), summed with the word's own
-    wrap-around. At 32 bits this reads 4 bytes per coordinate where :func:`mod_sum` on
-    widened copies reads 8."""
+    wrap-around and returned in that word. At 32 bits this reads 4 bytes per coordinate
+    where :func:`mod_sum` on widened copies reads 8, and nothing is widened afterwards:
+    :func:`fedtune.privacy.secagg.unmask_sum` and
+    :func:`fedtune.privacy.quantization.dequantize` take the word as it is."""
     dtype = word_dtype(bits)
     if len(arrays) == 0:
         raise MaskError("word_sum needs at least one array")
@@ -230,10 +232,13 @@ def word_sum(arrays: Sequence[npt.NDArray[Any]], bits: int) -> U64Array:
             raise MaskError(f"arrays[{i}] must be a 1-D {np.dtype(dtype).name} array, got {got}")
         if arr.shape != arrays[0].shape:
             raise MaskError(f"arrays[{i}] has shape {arr.shape}, arrays[0] has {arrays[0].shape}")
-    total = arrays[0].copy()
-    for other in arrays[1:]:
+    # the first add writes the result: no separate copy of arrays[0]
+    total = np.add(arrays[0], arrays[1]) if len(arrays) > 1 else arrays[0].copy()
+    for other in arrays[2:]:
         np.add(total, other, out=total)
-    return reduce_mod(total, bits)
+    if bits < 8 * total.itemsize:
+        total &= total.dtype.type(_modulus_mask(bits))
+    return total
 
 
 def keystream_bytes_per_second(seconds: float = 0.2, generator: str = "mask") -> float:

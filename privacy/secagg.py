@@ -285,6 +285,10 @@ def unmask_sum(params: RoundParameters, masked_sum: np.ndarray, survivors: Seque
                revealed: Mapping[str, Mapping[str, Mapping[str, bytes]]]) -> np.ndarray:
     """Remove every mask from ``Σ_{u ∈ survivors} y_u`` and return ``Σ x_u (mod 2^bits)``.
 
+    ``masked_sum`` holds residues mod 2^bits, as uint64 or in the ring's accumulator word
+    (:func:`~fedtune.privacy.masks.word_dtype`, what :func:`~fedtune.privacy.masks.word_sum`
+    returns); it is not written. The result comes in the accumulator word.
+
     ``mask_peers[u]`` are the neighbours ``u`` masked with (the share senders relayed to it);
     ``revealed[owner][kind][holder]`` is the share of ``owner``'s secret revealed by
     ``holder`` (its neighbours, or ``owner`` itself for its own self-mask share). Raises :class:`SecAggError` when fewer than ``t`` shares of a needed secret
@@ -315,7 +319,9 @@ def unmask_sum(params: RoundParameters, masked_sum: np.ndarray, survivors: Seque
         keys += [(_pair_mask_key_of(p, private, d, u, mask_public_keys[u]), u < d)
                  for u in survivors if d in mask_peers.get(u, ())]
     accumulate_masks(total, keys, p.bits)
-    return reduce_mod(total, p.bits)
+    if p.bits < 8 * total.itemsize:  # at 32 bits uint32's own wrap-around is the reduction
+        total &= total.dtype.type((1 << p.bits) - 1)
+    return total
 
 
 def _share_points(p: RoundParameters, owner: str, kind: str,

@@ -266,15 +266,17 @@ def test_accumulating_a_mask_in_place_equals_adding_the_expanded_mask(bits, leng
     np.testing.assert_array_equal(masks.reduce_mod(acc, bits), expected)
 
 
+@pytest.mark.parametrize("count", [1, 2, 7])
 @pytest.mark.parametrize("bits", [32, 17, 40])
-def test_word_sum_equals_mod_sum_of_the_widened_arrays(bits: int) -> None:
+def test_word_sum_equals_mod_sum_of_the_widened_arrays(bits: int, count: int) -> None:
     rng = np.random.default_rng(11)
-    wide = [rng.integers(0, 2**bits, size=1000, dtype=np.uint64) for _ in range(7)]
+    wide = [rng.integers(0, 2**bits, size=1000, dtype=np.uint64) for _ in range(count)]
     words = [w.astype(masks.word_dtype(bits)) for w in wide]
     total = masks.word_sum(words, bits)
-    assert total.dtype == np.uint64
+    assert total.dtype == masks.word_dtype(bits)  # in the ring's word, reduced
     np.testing.assert_array_equal(total, masks.mod_sum(wide, bits))
-    np.testing.assert_array_equal(words[0], wide[0])  # the operands are not written
+    for word, w in zip(words, wide):
+        np.testing.assert_array_equal(word, w)  # the operands are not written
 
 
 def test_word_sum_refuses_the_wrong_word_or_shapes() -> None:

@@ -159,6 +159,25 @@ def test_dequantize_rejects_signed_arrays() -> None:
         qz.dequantize(np.array([1], dtype=np.int64), 1.0, 8)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("bits", [32, 17, 2])
+def test_dequantize_reads_the_32_bit_word_as_the_wide_residues(bits: int) -> None:
+    # unmasking returns the sum in uint32 up to 32 bits: the same floats as from uint64
+    edges = [0, 1, 2 ** (bits - 1) - 1, 2 ** (bits - 1), 2**bits - 1]
+    wide = np.concatenate([np.array(edges, dtype=np.uint64),
+                           np.random.default_rng(bits).integers(0, 2**bits, 1000, dtype=np.uint64)])
+    got = qz.dequantize(wide.astype(np.uint32), 3.5, bits)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, qz.dequantize(wide, 3.5, bits))
+    assert got[3] == -(2 ** (bits - 1)) / 3.5 and got[4] == -1 / 3.5
+
+
+def test_dequantize_refuses_a_32_bit_word_beyond_its_bits() -> None:
+    with pytest.raises(qz.QuantizationError, match="not a residue mod 2\\^17"):
+        qz.dequantize(np.array([2**17], dtype=np.uint32), 1.0, 17)
+    with pytest.raises(qz.QuantizationError, match="uint64 numpy array at 40 bits"):
+        qz.dequantize(np.array([1], dtype=np.uint32), 1.0, 40)
+
+
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.nan])
 def test_scale_must_be_positive_and_finite(scale: float) -> None:
     with pytest.raises(qz.QuantizationError, match="scale must be"):
@@ -193,12 +212,13 @@ def test_a_non_finite_value_in_a_later_chunk_is_refused() -> None:
 
 def _reference_coin_quantize(x: np.ndarray, scale: float, bits: int, key: bytes) -> np.ndarray:
     """The coin definition in one expression, with the words from cryptography's modes.CTR:
-    floor(v) + [word < (v - floor(v))·2^32]."""
+    floor(v) + [word + ceil((v - floor(v))·2^32) >= 2^32] (exact in float64)."""
     v = np.asarray(x, dtype=np.float64) * scale
     floor = np.floor(v)
     ctr = Cipher(algorithms.AES(key), modes.CTR(masks.MASK_COUNTER)).encryptor()
     words = np.frombuffer(ctr.update(bytes(4 * v.size)), dtype="<u4")
-    signed = (floor + (words < (v - floor) * 2.0**32)).astype(np.int64)
+    up = words.astype(np.float64) + np.ceil((v - floor) * 2.0**32) >= 2.0**32
+    signed = (floor + up).astype(np.int64)
     return signed.view(np.uint64) & np.uint64((1 << bits) - 1)
 
 
@@ -217,9 +237,50 @@ def test_coin_quantisation_equals_its_definition_with_an_independent_keystream(
     np.testing.assert_array_equal(word.astype(np.uint64), expected)
 
 
-def test_coins_round_a_fraction_up_as_often_as_its_size() -> None:
-    # frac = 1/3: the share of round-ups is 1/3 within 5 sigma over 10^6 coordinates
-    q = qz.quantize(np.full(1_000_000, 1 / 3), 1.0, 16, qz.RoundingCoins(bytes(32)))
+def test_coins_at_the_edge_of_32_bits_neither_overflow_nor_lose_the_grid() -> None:
+    # |v| up to 2^31 - 2 is allowed at 32 bits: ceil(v·2^32) + word stays below 2^63 in int64,
+    # values on the grid come back exactly, and the uint32 path equals the definition
+    edge = 2.0**31 - 2
+    x = np.array([edge, -edge, edge - 0.5, -edge + 0.25, 0.0, -0.0, 1.0, -1.0, 2.0**-40, -2.0**-40])
+    key = bytes(range(7, 39))
+    word = np.empty(x.size, dtype=np.uint32)
+    qz.quantize(x, 1.0, 32, qz.RoundingCoins(key), out=word)
+    np.testing.assert_array_equal(word.astype(np.uint64), _reference_coin_quantize(x, 1.0, 32, key))
+    signed = word.view(np.int32).astype(np.int64)
+    assert signed[[0, 1, 4, 5, 6, 7]].tolist() == [2**31 - 2, -(2**31) + 2, 0, 0, 1, -1]
+    assert np.all(np.abs(signed - x) < 1)
+
+
+class _ChosenWords(qz.RoundingCoins):
+    """Coins whose words are chosen by the test, to probe the rule at its boundary."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(bytes(32))
+        self.value = value
+
+    def words(self, count: int) -> np.ndarray:
+        return np.full(count, self.value, dtype=np.uint32)
+
+
+@pytest.mark.parametrize("word", [np.uint64, np.uint32])
+def test_the_coin_rule_is_exact_at_its_boundary(word) -> None:
+    # frac·2^32 = 2^-8 (far below one word step) and 0.25·2^32: up exactly when
+    # word + ceil(frac·2^32) >= 2^32; a rule with floor (or '>') would be off by one word
+    x = np.array([2.0**-40, 5.25, -5.75])  # fracs 2^-40, 0.25, 0.25
+    ceil = [1, 2**30, 2**30]
+    for value in (2**32 - 1, 2**32 - 2, 2**32 - 2**30, 2**32 - 2**30 - 1, 0):
+        q = qz.quantize(x, 1.0, 32, _ChosenWords(value), out=np.empty(3, dtype=word))
+        got = q.astype(np.uint64).astype(np.uint32).view(np.int32).tolist()
+        expected = [math.floor(v) + (value + c >= 2**32) for v, c in zip(x, ceil)]
+        assert got == expected, (value, got, expected)
+
+
+@pytest.mark.parametrize("word", [np.uint64, np.uint32])
+def test_coins_round_a_fraction_up_as_often_as_its_size(word) -> None:
+    # frac = 1/3: the share of round-ups is 1/3 within 5 sigma over 10^6 coordinates, on both
+    # the float path (uint64) and the integer path (uint32)
+    q = qz.quantize(np.full(1_000_000, 1 / 3), 1.0, 16, qz.RoundingCoins(bytes(32)),
+                    out=np.empty(1_000_000, dtype=word))
     ups = int(np.count_nonzero(q == 1))
     assert int(np.count_nonzero(q == 0)) + ups == 1_000_000
     assert abs(ups / 1e6 - 1 / 3) < 5 * math.sqrt(2 / 9 / 1e6)
