@@ -150,25 +150,28 @@ class RoundCPU(logging.Handler):
     def __init__(self, pids: Sequence[int]) -> None:
         super().__init__(logging.DEBUG)
         self.pids = list(pids)
-        #: (round, event) -> (this system's CPU seconds, the machine's busy seconds)
-        self.marks: dict[tuple[int, str], tuple[float, float]] = {}
+        #: (round, event) -> (this system's CPU seconds, its first process's (the
+        #: coordinator's), the machine's busy seconds)
+        self.marks: dict[tuple[int, str], tuple[float, float, float]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         event = getattr(record, "event", None)
         if event in ("round_started", "round_completed"):
             cpu, machine = cpu_seconds(self.pids), machine_busy_seconds()
-            if cpu is not None and machine is not None:
+            first = cpu_seconds(self.pids[:1])
+            if cpu is not None and machine is not None and first is not None:
                 fields = getattr(record, "fields", None) or {}
-                self.marks[(int(fields.get("round") or 0), event)] = (cpu, machine)
+                self.marks[(int(fields.get("round") or 0), event)] = (cpu, first, machine)
 
-    def round_cpu_s(self, round_id: int) -> tuple[float, float] | None:
-        """(this system's CPU seconds, everything else's) over round ``round_id``."""
+    def round_cpu_s(self, round_id: int) -> tuple[float, float, float] | None:
+        """(this system's CPU seconds, everything else's, the coordinator's share of the
+        first) over round ``round_id``."""
         start = self.marks.get((round_id, "round_started"))
         end = self.marks.get((round_id, "round_completed"))
         if start is None or end is None:
             return None
         ours = end[0] - start[0]
-        return ours, max(0.0, (end[1] - start[1]) - ours)
+        return ours, max(0.0, (end[2] - start[2]) - ours), end[1] - start[1]
 
 
 def secagg_shape(n: int) -> tuple[int, int]:
@@ -557,7 +560,8 @@ def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]
         cpu = round_cpu.round_cpu_s(r)
         entry: dict[str, Any] = {"round": r, "round_s": t1 - t0,
                                  "cpu_s": None if cpu is None else cpu[0],
-                                 "others_cpu_s": None if cpu is None else cpu[1]}
+                                 "others_cpu_s": None if cpu is None else cpu[1],
+                                 "coordinator_cpu_s": None if cpu is None else cpu[2]}
         if secure:
             share = marks.get("share_keys", t0)
             masked = marks.get("masked_input", share)
@@ -578,7 +582,7 @@ def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]
                            "phases_s": {k: median([x["phases_s"][k] for x in rounds])
                                         for k in (rounds[0]["phases_s"] if rounds else {})},
                            "warnings": warnings}
-    for key in ("cpu_s", "others_cpu_s"):
+    for key in ("cpu_s", "others_cpu_s", "coordinator_cpu_s"):
         values = [x[key] for x in rounds if x[key] is not None]
         if values:
             out[key] = median(values)
@@ -980,6 +984,13 @@ BUSY_SHARE = 0.15  # other processes took more than this share of the machine: "
 BUSY_MIN_ROUND_S = 0.5
 
 
+def _coordinator_overhead(r: dict[str, Any]) -> str:
+    """The coordinator process's CPU seconds per secure round minus per plain round."""
+    plain = r["fedtune_plain"].get("coordinator_cpu_s")
+    secure = r["fedtune_secure"].get("coordinator_cpu_s")
+    return "—" if plain is None or secure is None else _fmt(secure - plain)
+
+
 def _others_share(r: dict[str, Any]) -> tuple[float, str] | None:
     """The largest share of the machine's CPUs that other processes took during one system's
     measured rounds (median per round), and that system's name; None if not measured or if
@@ -1165,15 +1176,16 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
     print()
     print("CPU seconds per round (medians), summed over every process of the system: the "
           "coordinator and its sites; Flower: the workflow's process and its nodes")
-    header3 = ("sites", "params", "ft plain", "ft secure", "ft overhead", "flwr plain",
-               "flwr SecAgg+", "flwr overhead", "× less CPU overhead", "others, at most")
+    header3 = ("sites", "params", "ft plain", "ft secure", "ft overhead", "of it coord",
+               "flwr plain", "flwr SecAgg+", "flwr overhead", "× less CPU overhead",
+               "others, at most")
     rows3 = []
     for r in results:
         d, fl = r["derived"], r["flower"]
         rows3.append((
             str(r["sites"]), f"{r['params']:,}",
             _fmt(r["fedtune_plain"].get("cpu_s")), _fmt(r["fedtune_secure"].get("cpu_s")),
-            _fmt(d.get("fedtune_cpu_overhead_s")),
+            _fmt(d.get("fedtune_cpu_overhead_s")), _coordinator_overhead(r),
             _fmt(fl.get("plain", {}).get("cpu_s")), _fmt(fl.get("secure", {}).get("cpu_s")),
             _fmt(d.get("flower_cpu_overhead_s")),
             _fmt(d.get("less_cpu_overhead_than_flower"), 1, "×"),
@@ -1181,7 +1193,8 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
         ))
     _print_rows(header3, rows3)
     print(f"  /proc/PID/stat user + system time at round start and end (10 ms ticks per "
-          f"process); on {os.cpu_count()} CPUs, wall-clock overhead is at least CPU overhead "
+          f"process); of it coord = the coordinator process's part of the fedtune overhead "
+          f"(with --sites-as threads, the sites run in it too); on {os.cpu_count()} CPUs, wall-clock overhead is at least CPU overhead "
           f"÷ {os.cpu_count()} when the work is parallel; others, at most = the largest share "
           "of the machine that other processes (or other guests: steal time) took during one "
           f"system's rounds, from /proc/stat (rounds of {BUSY_MIN_ROUND_S:g} s or more)")
@@ -1291,6 +1304,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_s": "user + system CPU seconds of every process of the system (fedtune: the "
                      "coordinator and its sites; Flower: the workflow's process and its "
                      "nodes) between the start and the end of a round, /proc/PID/stat",
+            "coordinator_cpu_s": "fedtune: the part of cpu_s used by the coordinator's "
+                                 "process (with --sites-as threads, the sites' too)",
             "less_cpu_overhead_than_flower": "(Flower SecAgg+ cpu_s − plain Flower cpu_s) ÷ "
                                              "(fedtune secure cpu_s − fedtune plain cpu_s)",
             "upload_bytes_per_param": "serialized InputChunk bytes one site sends per round ÷ m",

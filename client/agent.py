@@ -49,6 +49,8 @@ from fedtune.transport import open_channel
 log = logging.getLogger("fedtune.site")
 
 SESSION_METADATA = "fedtune-session"
+#: A message call asks for the site's next task in its Ack (fedtune.proto, ``message Ack``).
+AWAIT_NEXT_METADATA = "fedtune-await-next-ms"
 #: Deadline of a unary call; streams get one proportional to their size.
 CALL_TIMEOUT_S = 30.0
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -122,6 +124,7 @@ class SiteAgent(SecureSiteMixin):
         self._accepted: dict[tuple[str, int], _Accepted] = {}
         self._secure: dict[tuple[str, int], SecureState] = {}
         self._abandoned: set[tuple[str, int]] = set()
+        self._next: pb.Task | None = None  # the next task, when a message's Ack carried it
         self._ledger_db: Ledger | None = None
         self._param_counts: dict[ModelConfig, int] = {}
         self._dataset_digest: str | None = None
@@ -156,8 +159,22 @@ class SiteAgent(SecureSiteMixin):
         log_event(log, "authenticated", run=self._run_id, site=site,
                   coordinator=self.config.coordinator)
 
-    def _metadata(self) -> list[tuple[str, str]]:
-        return [(SESSION_METADATA, (self._token or b"").hex())]
+    def _metadata(self, await_next: bool = False) -> list[tuple[str, str]]:
+        """The call's metadata; ``await_next``: the coordinator returns this site's next task
+        in the Ack (waiting up to ``poll_wait_ms`` for it), which saves the poll after it."""
+        metadata = [(SESSION_METADATA, (self._token or b"").hex())]
+        if await_next:
+            metadata.append((AWAIT_NEXT_METADATA, str(self.config.poll_wait_ms)))
+        return metadata
+
+    def _timeout(self, base_s: float, await_next: bool) -> float:
+        return base_s + (self.config.poll_wait_ms / 1000.0 if await_next else 0.0)
+
+    def _keep_next(self, ack: pb.Ack) -> pb.Ack:
+        """Keep the task an Ack carried for the main loop (a Wait is dropped: it polls)."""
+        if ack.HasField("next") and ack.next.WhichOneof("kind") not in (None, "wait"):
+            self._next = ack.next
+        return ack
 
     def _connect_with_backoff(self) -> bool:
         """(Re)connect and authenticate; False when stopped or out of patience.
@@ -244,11 +261,13 @@ class SiteAgent(SecureSiteMixin):
         while not self._stop.is_set():
             try:
                 assert self._stub is not None
-                wait_ms = self.config.poll_wait_ms
-                poll = pb.PollRequest(wait_ms=wait_ms)
-                self._log_sent("PollTask", self._run_id, 0, poll)
-                task = self._stub.PollTask(poll, metadata=self._metadata(),
-                                           timeout=wait_ms / 1000.0 + CALL_TIMEOUT_S)
+                task, self._next = self._next, None
+                if task is None:
+                    wait_ms = self.config.poll_wait_ms
+                    poll = pb.PollRequest(wait_ms=wait_ms)
+                    self._log_sent("PollTask", self._run_id, 0, poll)
+                    task = self._stub.PollTask(poll, metadata=self._metadata(),
+                                               timeout=wait_ms / 1000.0 + CALL_TIMEOUT_S)
                 if self._handle(task):
                     break
             except SimulatedDropout as exc:
@@ -390,9 +409,12 @@ class SiteAgent(SecureSiteMixin):
         assert self._stub is not None
         response = pb.OfferResponse(ref=ref, accept=accept,
                                     refusal_reason=(reason or "")[:MAX_REASON])
-        self._send("RespondOffer", ref, lambda: self._stub.RespondOffer(
-            response, metadata=self._metadata(), timeout=CALL_TIMEOUT_S), response,
-            job_digest=offer.job_digest.hex(), accept=accept)
+        # a secure site advertises its keys next: only that call may wait for the next task
+        await_next = not (accept and job.secure_aggregation.enabled)
+        self._keep_next(self._send("RespondOffer", ref, lambda: self._stub.RespondOffer(
+            response, metadata=self._metadata(await_next),
+            timeout=self._timeout(CALL_TIMEOUT_S, await_next)), response,
+            job_digest=offer.job_digest.hex(), accept=accept))
         if accept:
             accepted = _Accepted(offer, job)
             self._accepted[(ref.run_id, ref.round)] = accepted
@@ -511,10 +533,12 @@ class SiteAgent(SecureSiteMixin):
             raise SimulatedDropout(f"dropped at phase {phase} of round {ref.round}")
 
     def _call(self, method: str, request) -> pb.Ack:
+        """Send the last message of a phase; the Ack brings the next task (:meth:`_keep_next`)."""
         assert self._stub is not None
         ref = request.advertisement.ref if method == "AdvertiseKeys" else request.ref
-        return self._send(method, ref, lambda: getattr(self._stub, method)(
-            request, metadata=self._metadata(), timeout=CALL_TIMEOUT_S), request)
+        return self._keep_next(self._send(method, ref, lambda: getattr(self._stub, method)(
+            request, metadata=self._metadata(await_next=True),
+            timeout=self._timeout(CALL_TIMEOUT_S, True)), request))
 
     def _download(self, offer: pb.Offer) -> np.ndarray | None:
         """The round's global parameters, checked against the offered spec."""
@@ -539,10 +563,10 @@ class SiteAgent(SecureSiteMixin):
             extra["metrics_sha256"] = hashlib.sha256(
                 metrics.SerializeToString(deterministic=True)).hexdigest()
         spec = spec_for(vector)  # hashed once: for the egress record and the header
-        self._send("SubmitInput", ref, lambda: self._stub.SubmitInput(
-            self._input_stream(ref, vector, metrics, spec), metadata=self._metadata(),
-            timeout=CALL_TIMEOUT_S + vector.nbytes / 5e6),
-            sha256=spec.sha256, size=vector.nbytes, **extra)
+        self._keep_next(self._send("SubmitInput", ref, lambda: self._stub.SubmitInput(
+            self._input_stream(ref, vector, metrics, spec), metadata=self._metadata(True),
+            timeout=self._timeout(CALL_TIMEOUT_S + vector.nbytes / 5e6, True)),
+            sha256=spec.sha256, size=vector.nbytes, **extra))
 
     def compute_input(self, job: JobConfig, global_params: np.ndarray, evaluate_only: bool,
                       round_id: int) -> tuple[np.ndarray, pb.PlainMetrics]:

@@ -34,10 +34,12 @@ class RoundRef(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("message",)
+    __slots__ = ("message", "next")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
     message: str
-    def __init__(self, message: _Optional[str] = ...) -> None: ...
+    next: Task
+    def __init__(self, message: _Optional[str] = ..., next: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
     __slots__ = ("dtype", "shape", "nbytes", "sha256")

@@ -24,6 +24,10 @@ from fedtune.tensor_codec import CHUNK_BYTES, TensorAssembler, TensorError, iter
 log = logging.getLogger("fedtune.server.rpc")
 
 SESSION_METADATA = "fedtune-session"
+#: On a message call: then wait up to this many milliseconds for the site's next task and
+#: return it in ``Ack.next`` (fedtune.proto, ``message Ack``).
+AWAIT_NEXT_METADATA = "fedtune-await-next-ms"
+MAX_AWAIT_NEXT_MS = 2**32 - 1  # as PollRequest.wait_ms (uint32); the wait is capped at 60 s
 
 
 def client_certificate(context: grpc.ServicerContext) -> bytes | None:
@@ -69,6 +73,33 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                     raise unauthenticated("malformed session token") from None
                 return self.c.site_for(token, client_certificate(context))
         raise unauthenticated(f"missing session token (metadata {SESSION_METADATA!r})")
+
+    @staticmethod
+    def _await_next_ms(context: grpc.ServicerContext) -> int | None:
+        """The call's ``fedtune-await-next-ms`` (None without it), read before the message is
+        handled so that a malformed value refuses the whole call and changes nothing."""
+        for key, value in context.invocation_metadata():
+            if key == AWAIT_NEXT_METADATA:
+                text = value if isinstance(value, str) else value.decode(errors="replace")
+                if not (text.isascii() and text.isdigit() and len(text) <= 10
+                        and 1 <= int(text) <= MAX_AWAIT_NEXT_MS):
+                    raise invalid(f"metadata {AWAIT_NEXT_METADATA}: expected an integer in "
+                                  f"1..{MAX_AWAIT_NEXT_MS} (milliseconds), got {text[:20]!r}")
+                return int(text)
+        return None
+
+    def _acknowledge(self, site: str, context: grpc.ServicerContext, message: str,
+                     await_next_ms: int | None) -> pb.Ack:
+        """The Ack of an accepted message, with the site's next task when the call asked
+        for it: the same wait, and the same task, as :meth:`PollTask` would give."""
+        if await_next_ms is None:
+            return pb.Ack(message=message)
+        self.c.call_started(site)
+        try:
+            task = self.c.poll(site, await_next_ms / 1000.0, context.is_active)
+        finally:
+            self.c.call_ended(site)
+        return pb.Ack(message=message, next=task)
 
     def _refuse(self, context: grpc.ServicerContext, method: str, exc: ProtocolError,
                 site: str = "") -> None:
@@ -117,8 +148,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         site = ""
         try:
             site = self._site(context)
+            await_next = self._await_next_ms(context)
             self.c.respond_offer(site, request)
-            return pb.Ack(message="accepted" if request.accept else "refusal recorded")
+            return self._acknowledge(site, context,
+                                     "accepted" if request.accept else "refusal recorded",
+                                     await_next)
         except ProtocolError as exc:
             self._refuse(context, "RespondOffer", exc, site)
             raise
@@ -142,6 +176,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         site = ""
         try:
             site = self._site(context)
+            await_next = self._await_next_ms(context)
             self.c.begin_upload(site)
             self.c.call_started(site)
             try:
@@ -153,7 +188,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             finally:
                 self.c.call_ended(site)
                 self.c.end_upload(site)
-            return pb.Ack(message=f"input of round {ref.round} received")
+            return self._acknowledge(site, context, f"input of round {ref.round} received",
+                                     await_next)
         except ProtocolError as exc:
             self._refuse(context, "SubmitInput", exc, site)
             raise
@@ -186,12 +222,13 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         site = ""
         try:
             site = self._site(context)
+            await_next = self._await_next_ms(context)
             self.c.call_started(site)
             try:
                 handler(site)
             finally:
                 self.c.call_ended(site)
-            return pb.Ack(message="received")
+            return self._acknowledge(site, context, "received", await_next)
         except ProtocolError as exc:
             self._refuse(context, method, exc, site)
             raise
