@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers_inprocess import EventLog, Federation, recorded_events, started_federation
 
 from fedtune import local_federation as lf
 
@@ -37,6 +38,21 @@ def processes() -> Iterator[Processes]:
     procs = Processes()
     yield procs
     procs.cleanup()
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Iterator[Federation]:
+    """A coordinator in this process (loopback gRPC) that has completed round 1 and waits in
+    round 2's offer phase, with two enrolled sites (``helpers_inprocess.started_federation``)."""
+    with started_federation(tmp_path) as federation:
+        yield federation
+
+
+@pytest.fixture
+def events() -> Iterator[EventLog]:
+    """The structured log events of the test (``helpers_inprocess.recorded_events``)."""
+    with recorded_events() as log:
+        yield log
 
 
 @pytest.fixture

@@ -9,41 +9,23 @@ the last message of each phase and runs the task it gets without polling.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from helpers_inprocess import (
     CALL_TIMEOUT_S,
-    EventLog,
-    Federation,
     HandSite,
     good_metrics,
     good_vector,
     input_stream,
-    recorded_events,
     rpc_error,
-    started_federation,
 )
 
 from fedtune.client.agent import AWAIT_NEXT_METADATA, SiteAgent
 from fedtune.proto import fedtune_pb2 as pb
 
 Code = grpc.StatusCode
-
-
-@pytest.fixture
-def fed(tmp_path: Path) -> Iterator[Federation]:
-    with started_federation(tmp_path) as federation:
-        yield federation
-
-
-@pytest.fixture
-def events() -> Iterator[EventLog]:
-    with recorded_events() as log:
-        yield log
 
 
 def awaiting(site: HandSite, wait_ms: int | str) -> list[tuple[str, str]]:

@@ -12,9 +12,7 @@ with two authenticated hand-driven sites, ``site-1`` and ``site-2``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -29,7 +27,6 @@ from helpers_inprocess import (
     good_metrics,
     good_vector,
     input_stream,
-    recorded_events,
     rpc_error,
     spec_of,
     started_federation,
@@ -41,18 +38,6 @@ from fedtune.tensor_codec import MAX_TENSOR_BYTES, spec_for, to_bytes
 from fedtune.transport import MAX_MESSAGE_BYTES
 
 Code = grpc.StatusCode
-
-
-@pytest.fixture
-def fed(tmp_path: Path) -> Iterator[Federation]:
-    with started_federation(tmp_path) as federation:
-        yield federation
-
-
-@pytest.fixture
-def events() -> Iterator[EventLog]:
-    with recorded_events() as log:
-        yield log
 
 
 @pytest.fixture
