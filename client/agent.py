@@ -44,13 +44,10 @@ from fedtune.privacy_plan import record_level_release, site_level_release
 from fedtune.proto import fedtune_pb2 as pb
 from fedtune.proto import fedtune_pb2_grpc as pb_grpc
 from fedtune.tensor_codec import CHUNK_BYTES, TensorError, assemble, spec_for, to_bytes
-from fedtune.transport import open_channel
+from fedtune.transport import AWAIT_NEXT_METADATA, SESSION_METADATA, open_channel
 
 log = logging.getLogger("fedtune.site")
 
-SESSION_METADATA = "fedtune-session"
-#: A message call asks for the site's next task in its Ack (fedtune.proto, ``message Ack``).
-AWAIT_NEXT_METADATA = "fedtune-await-next-ms"
 #: Deadline of a unary call; streams get one proportional to their size.
 CALL_TIMEOUT_S = 30.0
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,

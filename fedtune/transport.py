@@ -7,6 +7,12 @@ from pathlib import Path
 
 import grpc
 
+#: Metadata of every site call after authentication: the hex session token.
+SESSION_METADATA = "fedtune-session"
+#: Metadata of a message call whose Ack should bring the site's next task (fedtune.proto,
+#: ``message Ack``): how many milliseconds the coordinator may wait for it.
+AWAIT_NEXT_METADATA = "fedtune-await-next-ms"
+
 #: Per gRPC message: tensors are streamed in 1 MiB chunks, so 8 MiB refuses anything bigger.
 MAX_MESSAGE_BYTES = 8 << 20
 

@@ -236,6 +236,12 @@ def word_sum(arrays: Sequence[npt.NDArray[Any]], bits: int) -> npt.NDArray[Any]:
     total = np.add(arrays[0], arrays[1]) if len(arrays) > 1 else arrays[0].copy()
     for other in arrays[2:]:
         np.add(total, other, out=total)
+    return reduce_word(total, bits)
+
+
+def reduce_word(total: npt.NDArray[Any], bits: int) -> npt.NDArray[Any]:
+    """``total mod 2^bits`` in place, in its own unsigned word (uint32 or uint64); at
+    ``bits`` equal to the word's width the word's wrap-around already did it."""
     if bits < 8 * total.itemsize:
         total &= total.dtype.type(_modulus_mask(bits))
     return total

@@ -231,7 +231,8 @@ def dequantize(q: npt.NDArray[np.unsignedinteger[Any]], scale: float, bits: int)
     # two's complement without a boolean mask: (q XOR 2^(b-1)) - 2^(b-1) is q below 2^(b-1)
     # and q - 2^b from there; measured 8x faster than masked indexing on 1M-element sums
     half = np.int64(modulus // 2)
-    signed = q.astype(np.int64, copy=False).view(np.int64) ^ half  # residues < 2^62 fit
+    # residues < 2^62 read the same as int64: a view of uint64, a widening copy of uint32
+    signed = (q.view(np.int64) if q.dtype == np.uint64 else q.astype(np.int64)) ^ half
     signed -= half
     result: F64Array = np.divide(signed, scale)  # the float64 cast happens inside the ufunc
     return result

@@ -44,7 +44,7 @@ from .key_agreement import (
     private_to_raw,
     public_from_private,
 )
-from .masks import accumulate_masks, reduce_mod, word_dtype
+from .masks import accumulate_masks, reduce_mod, reduce_word, word_dtype
 from .neighbours import default_degree, neighbour_graph
 from .signatures import statement
 
@@ -319,9 +319,7 @@ def unmask_sum(params: RoundParameters, masked_sum: np.ndarray, survivors: Seque
         keys += [(_pair_mask_key_of(p, private, d, u, mask_public_keys[u]), u < d)
                  for u in survivors if d in mask_peers.get(u, ())]
     accumulate_masks(total, keys, p.bits)
-    if p.bits < 8 * total.itemsize:  # at 32 bits uint32's own wrap-around is the reduction
-        total &= total.dtype.type((1 << p.bits) - 1)
-    return total
+    return reduce_word(total, p.bits)
 
 
 def _share_points(p: RoundParameters, owner: str, kind: str,

@@ -20,13 +20,10 @@ from fedtune.proto import fedtune_pb2_grpc as pb_grpc
 from fedtune.server.coordinator import Coordinator
 from fedtune.server.errors import ProtocolError, invalid, unauthenticated
 from fedtune.tensor_codec import CHUNK_BYTES, TensorAssembler, TensorError, iter_raw_chunks
+from fedtune.transport import AWAIT_NEXT_METADATA, SESSION_METADATA
 
 log = logging.getLogger("fedtune.server.rpc")
 
-SESSION_METADATA = "fedtune-session"
-#: On a message call: then wait up to this many milliseconds for the site's next task and
-#: return it in ``Ack.next`` (fedtune.proto, ``message Ack``).
-AWAIT_NEXT_METADATA = "fedtune-await-next-ms"
 MAX_AWAIT_NEXT_MS = 2**32 - 1  # as PollRequest.wait_ms (uint32); the wait is capped at 60 s
 
 

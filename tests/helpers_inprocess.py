@@ -32,8 +32,8 @@ from fedtune.proto import fedtune_pb2 as pb
 from fedtune.proto import fedtune_pb2_grpc as pb_grpc
 from fedtune.server.app import RunningCoordinator, start
 from fedtune.tensor_codec import CHUNK_BYTES, spec_for, to_bytes
+from fedtune.transport import SESSION_METADATA
 
-SESSION_METADATA = "fedtune-session"
 #: Deadline of every call a test makes: a hung coordinator fails the test instead of blocking.
 CALL_TIMEOUT_S = 10.0
 #: A tiny registry model (50 parameters): nothing in these tests trains it.

@@ -22,8 +22,9 @@ from helpers_inprocess import (
     rpc_error,
 )
 
-from fedtune.client.agent import AWAIT_NEXT_METADATA, SiteAgent
+from fedtune.client.agent import SiteAgent
 from fedtune.proto import fedtune_pb2 as pb
+from fedtune.transport import AWAIT_NEXT_METADATA
 
 Code = grpc.StatusCode
 
