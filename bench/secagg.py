@@ -18,7 +18,7 @@ What it runs, for every (sites n, parameters m), in one invocation
        update of ``m`` parameters. The *plain Flower* baseline is ``default_fit_workflow``
        (FedAvg) through the same grid, with the same clients and no mod.
 
-What it reports (medians over the measured rounds, after one warm-up round)
+What it reports (medians over the measured rounds, after ``--warmup`` warm-up rounds)
     * seconds per round for the three; fedtune's overhead ``secure − plain`` and the ratio
       ``secure ÷ plain``; Flower's overhead ``SecAgg+ − plain Flower`` (same harness); and
       ``Flower overhead ÷ fedtune overhead`` (“× less overhead than Flower”);
@@ -89,6 +89,10 @@ if __name__ != "__mp_main__":
         parse_count,
     )
 
+#: warm-up rounds before the measured ones, for every system: the first two or three rounds
+#: of a fresh federation run slower than its later ones (measured at 20 × 1 M: 0.90 s for
+#: rounds 2-3, 0.68-0.82 s after), so one warm-up round left that drift in the medians
+DEFAULT_WARMUP = 3
 TARGET_LESS_OVERHEAD = 9.0  # × less overhead than Flower's SecAgg+ …
 TARGET_LESS_OVERHEAD_AT = (20, 1_000_000)  # … at (sites, parameters)
 TARGET_MASK_X_BOUND = 3.0  # per-site masking within 3× of the keystream bound
@@ -376,11 +380,10 @@ def run_site(spec: SiteSpec, ready: Any, stop: Any, replay_go: Any) -> None:
 
 
 def run_fedtune(n: int, target: int, measured_rounds: int, secure: bool, budget_s: float,
-                sites_as: str = "processes") -> dict[str, Any]:
-    """One fedtune run (plain or secure) of ``1 + measured_rounds`` training rounds, its
+                sites_as: str = "processes", warmup: int = DEFAULT_WARMUP) -> dict[str, Any]:
+    """One fedtune run (plain or secure) of ``warmup + measured_rounds`` training rounds, its
     sites as processes (as deployed) or as threads of this process (``sites_as``)."""
     input_dim, hidden, size = mlp_for(target)
-    warmup = 1
     training_rounds = warmup + measured_rounds
     probe = SecureProbe()
     result: dict[str, Any] = {"mode": "secure" if secure else "plain", "warmup_rounds": warmup,
@@ -604,7 +607,7 @@ def _fedtune_round_stats(event_list: list[tuple[float, str, dict[str, Any], int]
 
 
 def flower_worker(n: int, size: int, measured_rounds: int, shares: dict[str, int],
-                  out: Any, nodes_as: str = "threads") -> None:
+                  out: Any, nodes_as: str = "threads", warmup: int = DEFAULT_WARMUP) -> None:
     """Child process: plain Flower rounds, then SecAgg+ rounds; one queue item per round.
 
     Runs in its own process so that the parent can stop it at the configuration's time
@@ -612,7 +615,7 @@ def flower_worker(n: int, size: int, measured_rounds: int, shares: dict[str, int
     memory stay out of the fedtune measurements.
     """
     try:
-        _flower_rounds(n, size, measured_rounds, shares, out, nodes_as)
+        _flower_rounds(n, size, measured_rounds, shares, out, nodes_as, warmup)
     except BaseException:  # noqa: BLE001  (report it to the parent, which prints it)
         out.put(("error", traceback.format_exc()))
     out.put(("done", None))
@@ -679,7 +682,7 @@ def flower_node(node_id: int, index: int, size: int, secure: bool, conn: Any) ->
 
 
 def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, int],
-                   out: Any, nodes_as: str) -> None:
+                   out: Any, nodes_as: str, warmup: int) -> None:
     import uuid
     from concurrent.futures import ThreadPoolExecutor
 
@@ -799,7 +802,7 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, in
             manager.register(GridClientProxy(nid, grid, run_id))
         context = LegacyContext(Context(run_id=run_id, node_id=server_node, node_config={},
                                         state=RecordDict(), run_config={}),
-                                config=ServerConfig(num_rounds=1 + measured_rounds),
+                                config=ServerConfig(num_rounds=warmup + measured_rounds),
                                 strategy=strategy, client_manager=manager)
         # what DefaultWorkflow does before its round loop (default_init_params_workflow)
         context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
@@ -810,7 +813,7 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, in
         workflow = (SecAggPlusWorkflow(**shares, **FLOWER_DEFAULTS)
                     if mode == "secure" else default_fit_workflow)
         previous = initial.astype(np.float64)
-        for current_round in range(1, 2 + measured_rounds):
+        for current_round in range(1, 1 + warmup + measured_rounds):
             cfg[WorkflowKey.CURRENT_ROUND] = current_round  # DefaultWorkflow's round loop
             grid.sent = grid.received = 0
             grid.received_train = {}
@@ -843,7 +846,7 @@ def _flower_rounds(n: int, size: int, measured_rounds: int, shares: dict[str, in
 
 
 def run_flower(n: int, size: int, measured_rounds: int, budget_s: float,
-               nodes_as: str = "threads") -> dict[str, Any]:
+               nodes_as: str = "threads", warmup: int = DEFAULT_WARMUP) -> dict[str, Any]:
     """Plain Flower and SecAgg+ rounds in a child process, stopped at ``budget_s``; its
     nodes are threads of that process or processes of their own (``nodes_as``), and with
     processes the budget counts from when they are all ready."""
@@ -853,7 +856,7 @@ def run_flower(n: int, size: int, measured_rounds: int, budget_s: float,
     # not a daemon: it may start node processes. It is stopped below (terminate, then kill)
     # at the budget; its nodes then see their pipe close and exit.
     child = ctx.Process(target=flower_worker,
-                        args=(n, size, measured_rounds, shares, out, nodes_as),
+                        args=(n, size, measured_rounds, shares, out, nodes_as, warmup),
                         name="flower-bench", daemon=False)
     start = time.perf_counter()
     child.start()
@@ -893,7 +896,7 @@ def run_flower(n: int, size: int, measured_rounds: int, budget_s: float,
         result["error"] = error
     for mode in ("plain", "secure"):
         mine = [r for r in rounds if r["mode"] == mode]
-        measured = [r for r in mine if r["round"] > 1]  # round 1 is the warm-up
+        measured = [r for r in mine if r["round"] > warmup]  # the first are the warm-up
         entry: dict[str, Any] = {"rounds": mine}
         if measured:
             entry["round_s"] = median([r["round_s"] for r in measured])
@@ -926,7 +929,8 @@ def flower_available() -> str | None:
 
 
 def run_configuration(n: int, target: int, rounds: int, budget_s: float, with_flower: bool,
-                      skip: set[str], sites_as: str = "processes") -> dict[str, Any]:
+                      skip: set[str], sites_as: str = "processes",
+                      warmup: int = DEFAULT_WARMUP) -> dict[str, Any]:
     input_dim, hidden, size = mlp_for(target)
     t, k = secagg_shape(n)
     r: dict[str, Any] = {"sites": n, "params_target": target, "params": size,
@@ -940,7 +944,7 @@ def run_configuration(n: int, target: int, rounds: int, budget_s: float, with_fl
             continue
         t0, load0 = time.perf_counter(), _load()
         try:
-            r[system] = run_fedtune(n, target, rounds, secure, budget_s, sites_as)
+            r[system] = run_fedtune(n, target, rounds, secure, budget_s, sites_as, warmup)
         except Exception as exc:  # noqa: BLE001  (report it, run the other configurations)
             r[system] = {"error": f"{type(exc).__name__}: {exc}"}
         r[system]["config_wall_s"] = time.perf_counter() - t0
@@ -961,7 +965,7 @@ def run_configuration(n: int, target: int, rounds: int, budget_s: float, with_fl
                        "secure": {"skipped": SKIPPED}}
     else:
         load0 = _load()
-        r["flower"] = run_flower(n, size, rounds, budget_s, sites_as)
+        r["flower"] = run_flower(n, size, rounds, budget_s, sites_as, warmup)
         r["flower"]["load_1min"] = [load0, _load()]
         for mode in ("plain", "secure"):
             _progress(n, f"flower_{mode}", r["flower"][mode])
@@ -1107,15 +1111,56 @@ def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
 
 
-def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> None:
+def summarize_repeats(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per configuration run more than once (``--repeat``): the spread of its headline ratios
+    over the runs, and how many runs met the target. Each run is a whole configuration
+    (fresh coordinator, sites and Flower nodes), so the spread is the run-to-run noise of
+    this machine, which one run alone cannot show."""
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["sites"], r["params_target"]), []).append(r)
+    summary = []
+    for (n, target), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        entry: dict[str, Any] = {"sites": n, "params_target": target, "params": runs[0]["params"],
+                                 "runs": len(runs)}
+        for key in ("less_overhead_than_flower", "less_cpu_overhead_than_flower",
+                    "fedtune_overhead_s", "flower_overhead_s", "mask_cpu_over_bound"):
+            values = [r["derived"][key] for r in runs if r["derived"].get(key) is not None]
+            if values:
+                entry[key] = {"median": median(values), "min": min(values), "max": max(values),
+                              "values": values}
+        less = entry.get("less_overhead_than_flower")
+        if less is not None:
+            entry["runs_meeting_target"] = sum(v >= TARGET_LESS_OVERHEAD for v in less["values"])
+        summary.append(entry)
+    return summary
+
+
+def _spread(entry: dict[str, Any], key: str, digits: int, unit: str = "") -> str:
+    v = entry.get(key)
+    return "—" if v is None else (f"{v['median']:.{digits}f}{unit} "
+                                  f"[{v['min']:.{digits}f} – {v['max']:.{digits}f}]")
+
+
+def _first_columns(r: dict[str, Any], repeated: bool) -> tuple[str, ...]:
+    key = (str(r["sites"]), f"{r['params']:,}")
+    return key + (str(r.get("run", 1)),) if repeated else key
+
+
+def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str,
+                 warmup: int = DEFAULT_WARMUP) -> None:
     print()
     where = ("one process each" if sites_as == "processes"
              else "threads of the coordinator's process")
-    print(f"Seconds per round (median of {rounds} rounds after 1 warm-up; * = fewer rounds fit "
-          f"the budget). fedtune: real coordinator + site agents ({where}) over loopback gRPC, "
-          "training off. Flower: SecAggPlusWorkflow / default_fit_workflow through an "
-          "in-process grid.")
-    header = ("sites", "params", "t/k", "ft plain", "ft secure", "secure÷plain", "ft overhead",
+    repeated = any(r.get("runs", 1) > 1 for r in results)
+    first = ("sites", "params", "run") if repeated else ("sites", "params")
+    print(f"Seconds per round (median of {rounds} rounds after {warmup} warm-up; * = fewer "
+          f"rounds fit the budget). fedtune: real coordinator + site agents ({where}) over "
+          "loopback gRPC, training off. Flower: SecAggPlusWorkflow / default_fit_workflow "
+          "through an in-process grid.")
+    header = (*first, "t/k", "ft plain", "ft secure", "secure÷plain", "ft overhead",
               "flwr plain", "flwr SecAgg+", "flwr overhead", "× less overhead",
               "up B/param", "mask ÷ bound")
     rows = []
@@ -1123,7 +1168,7 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
         d = r["derived"]
         fl = r["flower"]
         rows.append((
-            str(r["sites"]), f"{r['params']:,}",
+            *_first_columns(r, repeated),
             f"{r['secagg']['threshold']}/{r['secagg']['neighbours']}",
             _cell(r["fedtune_plain"]), _cell(r["fedtune_secure"]),
             _fmt(d.get("fedtune_secure_over_plain"), 2, "×"),
@@ -1143,7 +1188,7 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
 
     print()
     print("fedtune secure round: where the time goes (medians, seconds)")
-    header2 = ("sites", "params", "offer+adv", "share", "input", "check+unmask+agg",
+    header2 = (*first, "offer+adv", "share", "input", "check+unmask+agg",
                "coord unmask", "mask cpu/site", "mask wall/site", "bound/site",
                "replay ÷ bound", "mask GB/s", "CTR mode GB/s", "np.add s", "up+req B/param", "flwr up B/param",
                "flwr err", "ft err")
@@ -1153,7 +1198,7 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
         ph, mk = s.get("phases_s", {}), s.get("mask", {})
         fl_secure = r["flower"].get("secure", {})
         rows2.append((
-            str(r["sites"]), f"{r['params']:,}",
+            *_first_columns(r, repeated),
             _fmt(ph.get("offer_advertise")), _fmt(ph.get("share_keys")),
             _fmt(ph.get("masked_input")), _fmt(ph.get("consistency_unmask_aggregate")),
             _fmt(s.get("coordinator_unmask_s")), _fmt(mk.get("cpu_s_per_site"), 4),
@@ -1176,14 +1221,14 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
     print()
     print("CPU seconds per round (medians), summed over every process of the system: the "
           "coordinator and its sites; Flower: the workflow's process and its nodes")
-    header3 = ("sites", "params", "ft plain", "ft secure", "ft overhead", "of it coord",
+    header3 = (*first, "ft plain", "ft secure", "ft overhead", "of it coord",
                "flwr plain", "flwr SecAgg+", "flwr overhead", "× less CPU overhead",
                "others, at most")
     rows3 = []
     for r in results:
         d, fl = r["derived"], r["flower"]
         rows3.append((
-            str(r["sites"]), f"{r['params']:,}",
+            *_first_columns(r, repeated),
             _fmt(r["fedtune_plain"].get("cpu_s")), _fmt(r["fedtune_secure"].get("cpu_s")),
             _fmt(d.get("fedtune_cpu_overhead_s")), _coordinator_overhead(r),
             _fmt(fl.get("plain", {}).get("cpu_s")), _fmt(fl.get("secure", {}).get("cpu_s")),
@@ -1199,8 +1244,34 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
           "of the machine that other processes (or other guests: steal time) took during one "
           f"system's rounds, from /proc/stat (rounds of {BUSY_MIN_ROUND_S:g} s or more)")
 
+    summary = summarize_repeats(results)
+    if summary:
+        print()
+        print("Repeated configurations: each run a fresh federation and fresh Flower nodes "
+              "(median [min – max] over the runs)")
+        header4 = ("sites", "params", "runs", "× less overhead", "× less CPU overhead",
+                   "ft overhead s", "flwr overhead s", f"runs ≥ {TARGET_LESS_OVERHEAD:g}×")
+        rows4 = []
+        for e in summary:
+            rows4.append((str(e["sites"]), f"{e['params']:,}", str(e["runs"]),
+                          _spread(e, "less_overhead_than_flower", 1, "×"),
+                          _spread(e, "less_cpu_overhead_than_flower", 1, "×"),
+                          _spread(e, "fedtune_overhead_s", 3),
+                          _spread(e, "flower_overhead_s", 3),
+                          f"{e.get('runs_meeting_target', 0)} of {e['runs']}"))
+        _print_rows(header4, rows4)
+
     print()
     print("Targets")
+    for e in summary:
+        if (e["sites"], e["params_target"]) == TARGET_LESS_OVERHEAD_AT and \
+                "less_overhead_than_flower" in e:
+            less = e["less_overhead_than_flower"]["median"]
+            print(f"  {e['sites']:>2} sites × {e['params']:>9,}: median over {e['runs']} runs "
+                  f"{less:.1f}× less overhead than Flower's SecAgg+ "
+                  f"{'ok' if less >= TARGET_LESS_OVERHEAD else 'MISSED'} "
+                  f"(≥ {TARGET_LESS_OVERHEAD:g}×; {e['runs_meeting_target']} of {e['runs']} "
+                  "runs at or above it)")
     for r in results:
         d = r["derived"]
         parts = []
@@ -1230,7 +1301,8 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str) -> N
         warnings = r["fedtune_secure"].get("warnings") or []
         if warnings:
             parts.append(f"{len(warnings)} coordinator warning(s), first: {warnings[0]}")
-        print(f"  {r['sites']:>2} sites × {r['params']:>9,}: " + ("; ".join(parts) or "—"))
+        run = f" run {r['run']}" if repeated else ""
+        print(f"  {r['sites']:>2} sites × {r['params']:>9,}{run}: " + ("; ".join(parts) or "—"))
 
 
 # ---------------------------------------------------------------------------- main
@@ -1244,12 +1316,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="100k,1M",
                         help="comma-separated parameter counts, k/M suffixes (default 100k,1M)")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="measured rounds per configuration, after 1 warm-up (default 3)")
+                        help="measured rounds per configuration, after the warm-up (default 3)")
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
+                        help="warm-up rounds before the measured ones, for fedtune and Flower "
+                             f"alike (default {DEFAULT_WARMUP})")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each configuration this many times, each with a fresh "
+                             "federation and fresh Flower nodes, and report the median and "
+                             "spread of the ratios over the runs (default 1)")
     parser.add_argument("--budget", type=float, default=240.0,
                         help="seconds each system may spend on one configuration before it is "
                              "stopped and reported as 'skipped (budget)' (default 240)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 3 sites × 100k, 2 measured rounds, 20 s budget")
+                        help="smoke run: 3 sites × 100k, 1 warm-up and 2 measured rounds, "
+                             "20 s budget")
     parser.add_argument("--no-flower", action="store_true", help="leave Flower out")
     parser.add_argument("--sites-as", choices=("processes", "threads"), default="processes",
                         help="run each fedtune site agent in its own process, as deployed "
@@ -1260,11 +1340,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.sites, args.params, args.rounds, args.budget = "3", "100k", 2, 20.0
+        args.warmup = 1
     sites = [int(s) for s in args.sites.split(",") if s.strip()]
     params = [parse_count(p) for p in args.params.split(",") if p.strip()]
     if args.rounds < 1 or not sites or min(sites) < 3:
         parser.error("--rounds must be at least 1 and every --sites value at least 3 "
                      "(Flower's SecAgg+ needs num_shares > 2)")
+    if args.warmup < 0 or args.repeat < 1:
+        parser.error("--warmup must be at least 0 and --repeat at least 1")
 
     flower_missing = None if args.no_flower else flower_available()
     if flower_missing:
@@ -1278,16 +1361,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{exact:,} float32 parameters", flush=True)
         over_budget: set[str] = set()  # systems that ran out at a smaller n, this m
         for n in sorted(sites):
-            r = run_configuration(n, target, args.rounds, args.budget, with_flower,
-                                  set(over_budget), args.sites_as)
+            for run in range(1, args.repeat + 1):
+                if args.repeat > 1:
+                    print(f"  {n} sites × {exact:,}: run {run} of {args.repeat}", flush=True)
+                r = run_configuration(n, target, args.rounds, args.budget, with_flower,
+                                      set(over_budget), args.sites_as, args.warmup)
+                r["run"], r["runs"] = run, args.repeat
+                results.append(r)
             for system in ("fedtune_plain", "fedtune_secure"):
                 if r[system].get("skipped") == SKIPPED:
                     over_budget.add(system)
             if with_flower and r["flower"].get("secure", {}).get("skipped") == SKIPPED:
                 over_budget.add("flower")
-            results.append(r)
 
-    print_report(results, args.rounds, args.sites_as)
+    print_report(results, args.rounds, args.sites_as, args.warmup)
     document = {
         "benchmark": "secagg",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1324,10 +1411,12 @@ def main(argv: list[str] | None = None) -> int:
                     "upload_bytes_per_param_at_most": TARGET_UPLOAD_BYTES_PER_PARAM,
                     "bits": BITS},
         "args": {"sites": sites, "params": params, "rounds": args.rounds,
+                 "warmup": args.warmup, "repeat": args.repeat,
                  "sites_as": args.sites_as,
                  "budget_s": args.budget, "quick": args.quick, "flower": with_flower},
         "total_wall_s": time.perf_counter() - started,
         "results": results,
+        "repeats": summarize_repeats(results),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2, default=str) + "\n")
