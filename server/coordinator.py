@@ -101,6 +101,7 @@ class Coordinator(SecurePhasesMixin):
         self._liveness: dict[str, _SiteLiveness] = {s.id: _SiteLiveness() for s in config.sites}
         self._pending_results: dict[str, pb.RoundResult] = {}
         self._poll_generation: dict[str, int] = {}
+        self._polls_waiting: dict[str, int] = {}  # polls of each site now in poll()
         self._uploading: set[str] = set()
         self._round: RoundState | None = None
         self._round_seed = b""
@@ -366,16 +367,20 @@ class Coordinator(SecurePhasesMixin):
 
     def call_started(self, site: str) -> None:
         with self._cond:
+            was_connected = self._connected(site)
             live = self._liveness[site]
             live.in_flight += 1
             live.last_seen = self.clock()
+            if not was_connected:  # a site (re)joins: the wait for sites may be over
+                self._cond.notify_all()
 
     def call_ended(self, site: str) -> None:
+        # no notify: the site stays connected (last_seen is now), so no waiter's condition
+        # changes, and waking every waiting poll on every call cost CPU at each phase
         with self._cond:
             live = self._liveness[site]
             live.in_flight = max(0, live.in_flight - 1)
             live.last_seen = self.clock()
-            self._cond.notify_all()
 
     def _connected(self, site: str) -> bool:
         live = self._liveness[site]
@@ -399,19 +404,25 @@ class Coordinator(SecurePhasesMixin):
         """
         deadline = self.clock() + max(0.0, min(wait_s, 60.0))
         with self._cond:
-            # one poll per site: a newer poll ends the older ones (no thread-pool starvation)
+            # one poll per site: a newer poll ends the older ones (no thread-pool starvation);
+            # the other waiting polls are woken only when there is an older one to end
             generation = self._poll_generation[site] = self._poll_generation.get(site, 0) + 1
-            self._cond.notify_all()
-            while True:
-                if self._poll_generation[site] != generation:
-                    return pb.Task(wait=pb.Wait(retry_after_ms=0, reason="superseded"))
-                task = self._task_for(site)
-                if task is not None:
-                    return task
-                remaining = deadline - self.clock()
-                if remaining <= 0 or self._stop.is_set() or not still_connected():
-                    return pb.Task(wait=pb.Wait(retry_after_ms=0, reason="no task yet"))
-                self._cond.wait(min(remaining, 1.0))
+            if self._polls_waiting.get(site):
+                self._cond.notify_all()
+            self._polls_waiting[site] = self._polls_waiting.get(site, 0) + 1
+            try:
+                while True:
+                    if self._poll_generation[site] != generation:
+                        return pb.Task(wait=pb.Wait(retry_after_ms=0, reason="superseded"))
+                    task = self._task_for(site)
+                    if task is not None:
+                        return task
+                    remaining = deadline - self.clock()
+                    if remaining <= 0 or self._stop.is_set() or not still_connected():
+                        return pb.Task(wait=pb.Wait(retry_after_ms=0, reason="no task yet"))
+                    self._cond.wait(min(remaining, 1.0))
+            finally:
+                self._polls_waiting[site] -= 1
 
     def begin_upload(self, site: str) -> None:
         """One upload per site at a time: a second stream is refused before it is read."""

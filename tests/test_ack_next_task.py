@@ -9,6 +9,7 @@ the last message of each phase and runs the task it gets without polling.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -146,3 +147,36 @@ def test_the_agent_polls_when_the_ack_brings_no_task(ack):
     agent = _agent(_Stub(ack))
     agent._call("ShareKeys", pb.EncryptedShares(ref=pb.RoundRef(run_id="r", round=3)))
     assert agent._next is None
+
+
+def test_a_newer_poll_ends_the_waiting_one_of_the_same_site_at_once(fed):
+    """The coordinator wakes waiting polls only when there is an older one to end (not on
+    every call); the older poll must still end as soon as the newer one starts, not at its
+    next one-second wait tick."""
+    coordinator = fed.coordinator.coordinator
+    site1 = fed.site("site-1")
+    offer = site1.next_task("offer")
+    site1.answer(offer.ref)  # site-2 has not answered: site-1 has no task now
+    ended: dict[str, Any] = {}
+
+    def first_poll() -> None:
+        task = coordinator.poll("site-1", 30.0)
+        ended.update(at=time.monotonic(), task=task)
+
+    waiting = threading.Thread(target=first_poll)
+    waiting.start()
+    try:
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        while coordinator._polls_waiting.get("site-1") != 1:  # the first poll is waiting
+            assert time.monotonic() < deadline, "the first poll never started waiting"
+            time.sleep(0.01)
+        started = time.monotonic()
+        newer = coordinator.poll("site-1", 0.05)
+        assert newer.wait.reason == "no task yet"
+        waiting.join(timeout=CALL_TIMEOUT_S)
+        assert ended["task"].wait.reason == "superseded"
+        # woken by the newer poll, not by the wait's one-second tick
+        assert ended["at"] - started < 0.9
+        assert coordinator._polls_waiting["site-1"] == 0
+    finally:
+        waiting.join(timeout=CALL_TIMEOUT_S)
