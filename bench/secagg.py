@@ -93,6 +93,8 @@ if __name__ != "__mp_main__":
 #: of a fresh federation run slower than its later ones (measured at 20 × 1 M: 0.90 s for
 #: rounds 2-3, 0.68-0.82 s after), so one warm-up round left that drift in the medians
 DEFAULT_WARMUP = 3
+#: /proc/PID/stat counts CPU time in clock ticks (10 ms on Linux)
+CPU_TICK_S = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 TARGET_LESS_OVERHEAD = 9.0  # × less overhead than Flower's SecAgg+ …
 TARGET_LESS_OVERHEAD_AT = (20, 1_000_000)  # … at (sites, parameters)
 TARGET_MASK_X_BOUND = 3.0  # per-site masking within 3× of the keystream bound
@@ -1064,9 +1066,13 @@ def _derive(r: dict[str, Any]) -> None:
         d["flower_cpu_overhead_s"] = fl_cpu[1] - fl_cpu[0]
     if "fedtune_cpu_overhead_s" in d and "flower_cpu_overhead_s" in d:
         ours = d["fedtune_cpu_overhead_s"]
+        # CPU times come in 10 ms ticks per process: an overhead under half a tick (a
+        # difference of equal sums leaves float residue like 2e-15) is no overhead at all,
+        # and a ratio over it would be noise (a 5e13× once)
         d["less_cpu_overhead_than_flower"] = (
-            d["flower_cpu_overhead_s"] / ours if ours > 0 and d["flower_cpu_overhead_s"] > 0
-            else None)  # an overhead at or below 0 (tick noise at small sizes): no ratio
+            d["flower_cpu_overhead_s"] / ours
+            if ours >= CPU_TICK_S / 2 and d["flower_cpu_overhead_s"] >= CPU_TICK_S / 2
+            else None)
     m = r["fedtune_secure"].get("mask")
     rate = r["keystream_bytes_per_s"]
     if m:
