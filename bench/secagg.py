@@ -1156,7 +1156,10 @@ def _first_columns(r: dict[str, Any], repeated: bool) -> tuple[str, ...]:
 
 
 def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str,
-                 warmup: int = DEFAULT_WARMUP) -> None:
+                 warmup: int = DEFAULT_WARMUP,
+                 summary: list[dict[str, Any]] | None = None) -> None:
+    """The tables; ``summary`` is :func:`summarize_repeats` of ``results`` (computed here
+    when not given)."""
     print()
     where = ("one process each" if sites_as == "processes"
              else "threads of the coordinator's process")
@@ -1250,7 +1253,8 @@ def print_report(results: list[dict[str, Any]], rounds: int, sites_as: str,
           "of the machine that other processes (or other guests: steal time) took during one "
           f"system's rounds, from /proc/stat (rounds of {BUSY_MIN_ROUND_S:g} s or more)")
 
-    summary = summarize_repeats(results)
+    if summary is None:
+        summary = summarize_repeats(results)
     if summary:
         print()
         print("Repeated configurations: each run a fresh federation and fresh Flower nodes "
@@ -1380,7 +1384,8 @@ def main(argv: list[str] | None = None) -> int:
             if with_flower and r["flower"].get("secure", {}).get("skipped") == SKIPPED:
                 over_budget.add("flower")
 
-    print_report(results, args.rounds, args.sites_as, args.warmup)
+    repeats = summarize_repeats(results)
+    print_report(results, args.rounds, args.sites_as, args.warmup, repeats)
     document = {
         "benchmark": "secagg",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1422,7 +1427,7 @@ def main(argv: list[str] | None = None) -> int:
                  "budget_s": args.budget, "quick": args.quick, "flower": with_flower},
         "total_wall_s": time.perf_counter() - started,
         "results": results,
-        "repeats": summarize_repeats(results),
+        "repeats": repeats,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2, default=str) + "\n")
